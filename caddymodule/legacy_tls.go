@@ -1,0 +1,398 @@
+package caddymodule
+
+import (
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+)
+
+func init() {
+	caddy.RegisterModule(LegacyTLS{})
+}
+
+// LegacyTLS is an upstream transport for managers that speak only old TLS:
+// TLS 1.0 or 1.1, RSA key exchange, SHA-1-signed, CN-only or expired
+// self-signed certificates. It is Caddy's `http` transport (every option of
+// it still works: timeouts, keep-alive, buffers, `tls_server_name`, …) that
+// always speaks TLS to the upstream, even when the upstream address has no
+// https:// scheme, and adds pinning, protocol versions and cipher suites.
+//
+// The manager is authenticated by its key: with pins, the chain and name
+// checks are replaced by comparing the SHA-256 of the leaf certificate's
+// SubjectPublicKeyInfo with the pins. With a trust pool instead
+// (`tls_trust_pool`, JSON `tls.ca`), the usual chain and name verification
+// applies. With both, both must pass. With neither, provisioning fails:
+// there is no insecure mode (`tls_insecure_skip_verify` and
+// `tls_except_ports` are refused).
+//
+// No GODEBUG setting is needed: versions below TLS 1.2 and the RSA
+// key-exchange and 3DES suites are enabled per connection by this
+// transport's own tls.Config, so the client-facing side keeps Go's defaults.
+type LegacyTLS struct {
+	reverseproxy.HTTPTransport
+
+	// Pins are the accepted keys of the manager, each "sha256/" followed by
+	// the base64 SHA-256 of the certificate's SubjectPublicKeyInfo (what
+	// `legacygate pin HOST:PORT` prints). Several may be given, so the
+	// manager's next key can be pinned before it changes.
+	Pins []string `json:"pins,omitempty"`
+
+	// MinVersion is the lowest TLS version offered to the manager: tls1.0,
+	// tls1.1, tls1.2 or tls1.3. Default: tls1.2.
+	MinVersion string `json:"min_version,omitempty"`
+
+	// MaxVersion is the highest TLS version offered. Default: tls1.3.
+	MaxVersion string `json:"max_version,omitempty"`
+
+	// CipherSuites replaces Go's default TLS 1.0-1.2 suites with these, by
+	// Go's names (TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA, …). RSA key-exchange
+	// (TLS_RSA_WITH_…) and 3DES suites are only offered when listed here.
+	// TLS 1.3 suites are not configurable.
+	CipherSuites []string `json:"cipher_suites,omitempty"`
+
+	pins       [][sha256.Size]byte
+	logger     *zap.Logger
+	handshakes *prometheus.CounterVec
+}
+
+// CaddyModule returns the Caddy module information.
+func (LegacyTLS) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.reverse_proxy.transport.legacy_tls",
+		New: func() caddy.Module { return new(LegacyTLS) },
+	}
+}
+
+// tlsVersions maps the version names users type to Go's constants.
+var tlsVersions = map[string]uint16{
+	"tls1.0": tls.VersionTLS10,
+	"tls1.1": tls.VersionTLS11,
+	"tls1.2": tls.VersionTLS12,
+	"tls1.3": tls.VersionTLS13,
+}
+
+// Provision checks the configuration, builds Caddy's HTTP transport and
+// then adjusts its TLS client configuration.
+func (l *LegacyTLS) Provision(ctx caddy.Context) error {
+	l.logger = ctx.Logger()
+	cfg, err := l.tlsSettings()
+	if err != nil {
+		return err
+	}
+	if l.TLS == nil {
+		l.TLS = new(reverseproxy.TLSConfig)
+	}
+	if err := l.checkVerification(); err != nil {
+		return err
+	}
+	if slices.Contains(l.Versions, "3") || slices.Contains(l.Versions, "h2c") {
+		return errors.New("legacy_tls: versions: HTTP/3 and h2c are not supported, use 1.1 and/or 2")
+	}
+	if l.handshakes, err = registerCollector(ctx.GetMetricsRegistry(), legacyTLSHandshakes); err != nil {
+		return fmt.Errorf("legacy_tls: %w", err)
+	}
+	if err := l.HTTPTransport.Provision(ctx); err != nil {
+		return fmt.Errorf("legacy_tls: %w", err)
+	}
+	l.applyTLS(cfg)
+	return nil
+}
+
+// tlsSettings parses pins, versions and suites into a template config.
+func (l *LegacyTLS) tlsSettings() (*tls.Config, error) {
+	l.pins = l.pins[:0]
+	for i, p := range l.Pins {
+		sum, err := ParsePin(p)
+		if err != nil {
+			return nil, fmt.Errorf("legacy_tls: pins[%d]: %w", i, err)
+		}
+		l.pins = append(l.pins, sum)
+	}
+	minV, err := parseTLSVersion("min_version", l.MinVersion, tls.VersionTLS12)
+	if err != nil {
+		return nil, err
+	}
+	maxV, err := parseTLSVersion("max_version", l.MaxVersion, tls.VersionTLS13)
+	if err != nil {
+		return nil, err
+	}
+	if minV > maxV {
+		return nil, fmt.Errorf("legacy_tls: min_version %s is above max_version %s",
+			tls.VersionName(minV), tls.VersionName(maxV))
+	}
+	suites, err := parseCipherSuites(l.CipherSuites)
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Config{MinVersion: minV, MaxVersion: maxV, CipherSuites: suites}, nil
+}
+
+// checkVerification refuses configurations that would not authenticate the
+// manager.
+func (l *LegacyTLS) checkVerification() error {
+	if l.TLS.InsecureSkipVerify {
+		return errors.New("legacy_tls: tls_insecure_skip_verify (tls.insecure_skip_verify) is not allowed: pin the manager's key with `pin` instead")
+	}
+	if len(l.TLS.ExceptPorts) > 0 {
+		return errors.New("legacy_tls: tls_except_ports (tls.except_ports) is not allowed: this transport always speaks TLS")
+	}
+	if len(l.pins) == 0 && !l.hasTrustPool() {
+		return errors.New("legacy_tls: no pin and no trust pool: set `pin sha256/…` (JSON pins; `legacygate pin HOST:PORT` prints it) or `tls_trust_pool` (JSON tls.ca)")
+	}
+	return nil
+}
+
+func (l *LegacyTLS) hasTrustPool() bool {
+	return l.TLS.CARaw != nil || len(l.TLS.RootCAPool) > 0 || len(l.TLS.RootCAPEMFiles) > 0
+}
+
+// applyTLS changes, in place, the client config Caddy built (it already
+// carries ALPN, renegotiation, server name, client certificate and curves).
+func (l *LegacyTLS) applyTLS(want *tls.Config) {
+	cfg := l.Transport.TLSClientConfig
+	if cfg == nil {
+		cfg = new(tls.Config)
+		l.Transport.TLSClientConfig = cfg
+	}
+	cfg.MinVersion = want.MinVersion
+	cfg.MaxVersion = want.MaxVersion
+	cfg.CipherSuites = want.CipherSuites
+	if len(l.pins) > 0 {
+		// Without a trust pool, the pin is the whole check; with one, Go
+		// verifies the chain first and the pin is checked after.
+		cfg.InsecureSkipVerify = !l.hasTrustPool()
+		cfg.VerifyConnection = l.verifyPin
+	}
+}
+
+// verifyPin accepts the handshake only if the leaf's key is pinned.
+func (l *LegacyTLS) verifyPin(cs tls.ConnectionState) error {
+	version := tlsVersionLabel(cs.Version)
+	if len(cs.PeerCertificates) == 0 {
+		l.handshakes.WithLabelValues("no_certificate", version).Inc()
+		return errors.New("legacy_tls: the upstream presented no certificate")
+	}
+	leaf := cs.PeerCertificates[0]
+	seen := sha256.Sum256(leaf.RawSubjectPublicKeyInfo)
+	if slices.Contains(l.pins, seen) {
+		l.handshakes.WithLabelValues("pin_ok", version).Inc()
+		return nil
+	}
+	l.handshakes.WithLabelValues("pin_mismatch", version).Inc()
+	return &PinMismatchError{Seen: FormatPin(seen), Expected: l.Pins, Subject: leaf.Subject.String(), Version: cs.Version}
+}
+
+// RoundTrip is the http transport's, and explains pin mismatches in the log
+// with the upstream's address (the handshake itself does not know it).
+func (l *LegacyTLS) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := l.HTTPTransport.RoundTrip(req)
+	var mismatch *PinMismatchError
+	if errors.As(err, &mismatch) {
+		l.logger.Error("upstream certificate does not match any pin",
+			zap.String("upstream", req.URL.Host),
+			zap.Strings("expected_pins", mismatch.Expected),
+			zap.String("seen_pin", mismatch.Seen),
+			zap.String("subject", mismatch.Subject),
+			zap.String("tls_version", tls.VersionName(mismatch.Version)))
+	}
+	return resp, err
+}
+
+// PinMismatchError is the handshake error when the upstream's key is not pinned.
+type PinMismatchError struct {
+	Seen     string   // the pin of the key the upstream presented
+	Expected []string // the configured pins
+	Subject  string   // the upstream certificate's subject
+	Version  uint16   // the TLS version negotiated
+}
+
+func (e *PinMismatchError) Error() string {
+	return fmt.Sprintf("legacy_tls: upstream key %s (%s) matches none of the pins %s",
+		e.Seen, e.Subject, strings.Join(e.Expected, ", "))
+}
+
+// ParsePin decodes "sha256/<base64 of the SHA-256 of a SubjectPublicKeyInfo>".
+func ParsePin(s string) ([sha256.Size]byte, error) {
+	var sum [sha256.Size]byte
+	b64, ok := strings.CutPrefix(s, "sha256/")
+	if !ok {
+		return sum, fmt.Errorf("pin %q: want sha256/<base64>", s)
+	}
+	raw, err := base64.StdEncoding.DecodeString(b64)
+	if err != nil {
+		return sum, fmt.Errorf("pin %q: bad base64: %w", s, err)
+	}
+	if len(raw) != sha256.Size {
+		return sum, fmt.Errorf("pin %q: %d bytes, want a %d-byte SHA-256", s, len(raw), sha256.Size)
+	}
+	copy(sum[:], raw)
+	return sum, nil
+}
+
+// FormatPin is the pin form of a SPKI SHA-256.
+func FormatPin(sum [sha256.Size]byte) string {
+	return "sha256/" + base64.StdEncoding.EncodeToString(sum[:])
+}
+
+// PinOf is the pin of a certificate.
+func PinOf(c *x509.Certificate) string {
+	return FormatPin(sha256.Sum256(c.RawSubjectPublicKeyInfo))
+}
+
+func parseTLSVersion(field, name string, fallback uint16) (uint16, error) {
+	if name == "" {
+		return fallback, nil
+	}
+	v, ok := tlsVersions[name]
+	if !ok {
+		return 0, fmt.Errorf("legacy_tls: %s: unknown TLS version %q, want tls1.0, tls1.1, tls1.2 or tls1.3", field, name)
+	}
+	return v, nil
+}
+
+func tlsVersionLabel(v uint16) string {
+	for name, id := range tlsVersions {
+		if id == v {
+			return name
+		}
+	}
+	return "unknown"
+}
+
+// parseCipherSuites maps Go's suite names (secure and insecure) to ids.
+func parseCipherSuites(names []string) ([]uint16, error) {
+	if len(names) == 0 {
+		return nil, nil
+	}
+	known := make(map[string]*tls.CipherSuite)
+	for _, s := range slices.Concat(tls.CipherSuites(), tls.InsecureCipherSuites()) {
+		known[s.Name] = s
+	}
+	ids := make([]uint16, 0, len(names))
+	for _, name := range names {
+		s, ok := known[name]
+		if !ok {
+			return nil, fmt.Errorf("legacy_tls: cipher_suites: unknown suite %q (use Go's names, e.g. TLS_RSA_WITH_AES_128_CBC_SHA)", name)
+		}
+		if slices.Equal(s.SupportedVersions, []uint16{tls.VersionTLS13}) {
+			return nil, fmt.Errorf("legacy_tls: cipher_suites: %q is a TLS 1.3 suite; Go does not let TLS 1.3 suites be configured", name)
+		}
+		ids = append(ids, s.ID)
+	}
+	return ids, nil
+}
+
+// legacyTLSHandshakes counts pin checks by result and TLS version; declared
+// once so counts carry over reloads (see registerCollector).
+var legacyTLSHandshakes = prometheus.NewCounterVec(prometheus.CounterOpts{
+	Namespace: "legacygate",
+	Subsystem: "upstream_tls",
+	Name:      "handshakes_total",
+	Help:      "Upstream TLS handshakes of the legacy_tls transport that reached the pin check, by result and TLS version.",
+}, []string{"result", "tls_version"})
+
+// UnmarshalCaddyfile sets up the transport from Caddyfile tokens. Syntax:
+//
+//	transport legacy_tls {
+//	    pin sha256/<base64> [sha256/<base64>…]
+//	    min_version tls1.0|tls1.1|tls1.2|tls1.3
+//	    max_version tls1.0|tls1.1|tls1.2|tls1.3
+//	    cipher_suites <Go suite names…>
+//	    <any subdirective of the http transport>
+//	}
+//
+// `pin` may be repeated. Every other subdirective (dial_timeout, keepalive,
+// tls_server_name, tls_trust_pool, read_buffer, …) is handed to the http
+// transport's parser.
+func (l *LegacyTLS) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // the transport name
+	name := d.Token()
+	for d.NextBlock(0) {
+		switch d.Val() {
+		case "pin":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			for _, p := range args {
+				if _, err := ParsePin(p); err != nil {
+					return d.Errf("pin: %v", err)
+				}
+			}
+			l.Pins = append(l.Pins, args...)
+		case "min_version", "max_version":
+			if err := l.unmarshalVersion(d); err != nil {
+				return err
+			}
+		case "cipher_suites":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			l.CipherSuites = append(l.CipherSuites, args...)
+		default:
+			if err := l.unmarshalHTTPOption(name, d.NextSegment()); err != nil {
+				return err
+			}
+		}
+	}
+	if l.TLS == nil {
+		// Tells reverse_proxy the upstream speaks TLS whatever its address says.
+		l.TLS = new(reverseproxy.TLSConfig)
+	}
+	return nil
+}
+
+func (l *LegacyTLS) unmarshalVersion(d *caddyfile.Dispenser) error {
+	field := d.Val()
+	if !d.NextArg() {
+		return d.ArgErr()
+	}
+	v := d.Val()
+	if _, ok := tlsVersions[v]; !ok {
+		return d.Errf("%s: unknown TLS version %q, want tls1.0, tls1.1, tls1.2 or tls1.3", field, v)
+	}
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	if field == "min_version" {
+		l.MinVersion = v
+	} else {
+		l.MaxVersion = v
+	}
+	return nil
+}
+
+// unmarshalHTTPOption feeds one subdirective, wrapped in its own
+// `legacy_tls { … }` block, to the http transport's Caddyfile parser.
+func (l *LegacyTLS) unmarshalHTTPOption(name caddyfile.Token, seg caddyfile.Segment) error {
+	open := name
+	open.Text = "{"
+	closing := seg[len(seg)-1]
+	closing.Line++
+	closing.Text = "}"
+	tokens := slices.Concat([]caddyfile.Token{name, open}, seg, []caddyfile.Token{closing})
+	return l.HTTPTransport.UnmarshalCaddyfile(caddyfile.NewDispenser(tokens))
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner                                = (*LegacyTLS)(nil)
+	_ http.RoundTripper                                = (*LegacyTLS)(nil)
+	_ caddy.CleanerUpper                               = (*LegacyTLS)(nil)
+	_ caddyfile.Unmarshaler                            = (*LegacyTLS)(nil)
+	_ reverseproxy.TLSTransport                        = (*LegacyTLS)(nil)
+	_ reverseproxy.HealthCheckSchemeOverriderTransport = (*LegacyTLS)(nil)
+)

@@ -1,0 +1,226 @@
+package demo
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/template"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+
+	"github.com/legacygate/legacygate/integration/certs"
+	"github.com/legacygate/legacygate/integration/manager"
+	"github.com/legacygate/legacygate/policyguard"
+)
+
+// demo holds what the steps share: the folder, the manager, the gateway.
+type demo struct {
+	out        io.Writer
+	dir        string
+	removeDir  bool
+	mgr        *manager.Manager
+	storyMgr   *manager.Manager // the story's manager, once the story started
+	gatewayURL string
+	managerURL string
+	gwPort     int
+	httpPort   int
+	gwCert     *x509.Certificate // the gateway's signing certificate, which clients trust
+	failed     int
+}
+
+func (d *demo) printf(format string, args ...any) { fmt.Fprintf(d.out, format, args...) }
+
+// setup makes the keys, starts the manager and loads the gateway's config.
+func setup(dir string, out io.Writer) (*demo, error) {
+	d := &demo{out: out, dir: dir}
+	if d.dir == "" {
+		tmp, err := os.MkdirTemp("", "legacygate-demo-")
+		if err != nil {
+			return nil, fmt.Errorf("making the demo folder: %w", err)
+		}
+		d.dir, d.removeDir = tmp, true
+	} else if err := os.MkdirAll(d.dir, 0o700); err != nil {
+		return nil, fmt.Errorf("making the demo folder %s: %w", d.dir, err)
+	}
+	if err := d.start(); err != nil {
+		d.close()
+		return nil, err
+	}
+	return d, nil
+}
+
+func (d *demo) start() error {
+	if err := d.makeGatewayKey(); err != nil {
+		return err
+	}
+	mgrDir := filepath.Join(d.dir, "manager")
+	if err := os.MkdirAll(mgrDir, 0o700); err != nil {
+		return fmt.Errorf("making %s: %w", mgrDir, err)
+	}
+	mgr, err := manager.New(manager.Config{
+		HTTPSAddr: "127.0.0.1:0",
+		HTTPAddr:  "127.0.0.1:0",
+		TLSMin:    tls.VersionTLS10,
+		TLSMax:    tls.VersionTLS10,
+		Cert:      certs.SHA1,
+		Dir:       mgrDir,
+	})
+	if err != nil {
+		return fmt.Errorf("creating the emulated manager: %w", err)
+	}
+	if err := mgr.Start(); err != nil {
+		return fmt.Errorf("starting the emulated manager: %w", err)
+	}
+	d.mgr = mgr
+	d.managerURL = "https://" + mgr.Addrs().HTTPS
+	if d.gwPort, err = freePort(); err != nil {
+		return err
+	}
+	if d.httpPort, err = freePort(); err != nil {
+		return err
+	}
+	d.gatewayURL = fmt.Sprintf("https://127.0.0.1:%d", d.gwPort)
+	d.printf("legacygate demo: everything on 127.0.0.1, files in %s\n\n", d.dir)
+	d.printf("  manager  %s  TLS 1.0 only, SHA-1 self-signed certificate\n", d.managerURL)
+	d.printf("           pin %s\n", mgr.Pin())
+	d.printf("  gateway  %s  TLS 1.2 and 1.3 only (Caddy's internal CA)\n\n", d.gatewayURL)
+	return d.loadGateway()
+}
+
+// makeGatewayKey writes the gateway's signing key and certificate.
+func (d *demo) makeGatewayKey() error {
+	key, cert, err := policyguard.GenerateSigningKey(2048, "legacygate demo signing")
+	if err != nil {
+		return fmt.Errorf("generating the gateway signing key: %w", err)
+	}
+	keyPEM, certPEM, err := policyguard.EncodeKeyPair(key, cert)
+	if err != nil {
+		return fmt.Errorf("encoding the gateway signing key: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(d.dir, "gateway.key"), keyPEM, 0o600); err != nil {
+		return fmt.Errorf("writing gateway.key: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(d.dir, "gateway.crt"), certPEM, 0o644); err != nil {
+		return fmt.Errorf("writing gateway.crt: %w", err)
+	}
+	d.gwCert = cert
+	return nil
+}
+
+// loadGateway writes the manager's current certificate where the Caddyfile
+// points, writes the Caddyfile with the manager's current pin, adapts it and
+// loads it into this process's Caddy: the same thing `legacygate reload` does.
+func (d *demo) loadGateway() error {
+	mgrCert := filepath.Join(d.dir, "manager.crt")
+	if err := os.WriteFile(mgrCert, d.mgr.Pair().CertPEM(), 0o644); err != nil {
+		return fmt.Errorf("writing %s: %w", mgrCert, err)
+	}
+	return loadCaddyfile(caddyfileTemplate, map[string]any{
+		"Dir":      d.dir,
+		"Port":     d.gwPort,
+		"HTTPPort": d.httpPort,
+		"Manager":  d.mgr.Addrs().HTTPS,
+		"Pin":      d.mgr.Pin(),
+	}, filepath.Join(d.dir, "Caddyfile"))
+}
+
+func (d *demo) close() {
+	if err := caddy.Stop(); err != nil {
+		d.printf("stopping the gateway: %v\n", err)
+	}
+	if d.mgr != nil {
+		d.mgr.Close()
+	}
+	if d.storyMgr != nil {
+		d.storyMgr.Close()
+	}
+	if d.removeDir {
+		os.RemoveAll(d.dir)
+	}
+}
+
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("finding a free port: %w", err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// caddyfileTemplate is the gateway's configuration: Caddyfile.example's
+// shape on loopback ports, with the manager's pin and certificate.
+var caddyfileTemplate = template.Must(template.New("Caddyfile").Parse(`{
+	admin off
+	persist_config off
+	skip_install_trust
+	storage file_system {{.Dir}}/caddy
+	http_port {{.HTTPPort}}
+	https_port {{.Port}}
+	log {
+		output file {{.Dir}}/gateway.log
+		format json
+	}
+}
+
+https://127.0.0.1:{{.Port}} {
+	tls internal {
+		protocols tls1.2 tls1.3
+	}
+	header -Server
+	@client path /secars/* /secreg/*
+	handle @client {
+		@heartbeat {
+			path /secars/secars.dll
+			query action=index
+		}
+		heartbeat_limit @heartbeat {
+			key {query.hostid}
+			rate 1/5s
+			burst 3
+		}
+		policy_guard /secars/secars.dll {
+			upstream_cert {{.Dir}}/manager.crt
+			signing_key {{.Dir}}/gateway.key {{.Dir}}/gateway.crt
+			roots Profile ServerSettings
+		}
+		reverse_proxy {{.Manager}} {
+			transport legacy_tls {
+				pin {{.Pin}}
+				min_version tls1.0
+			}
+			header_down -Server
+			header_down -X-Powered-By
+		}
+	}
+	handle {
+		respond 404
+	}
+}
+`))
+
+// loadCaddyfile renders tmpl with data into file, adapts it and loads it into
+// this process's Caddy: what `legacygate reload` does for a running gateway.
+func loadCaddyfile(tmpl *template.Template, data map[string]any, file string) error {
+	var b strings.Builder
+	if err := tmpl.Execute(&b, data); err != nil {
+		return fmt.Errorf("writing %s: %w", file, err)
+	}
+	if err := os.WriteFile(file, []byte(b.String()), 0o644); err != nil {
+		return fmt.Errorf("writing %s: %w", file, err)
+	}
+	cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(b.String()), map[string]any{"filename": file})
+	if err != nil {
+		return fmt.Errorf("adapting %s: %w", file, err)
+	}
+	if err := caddy.Load(cfg, true); err != nil {
+		return fmt.Errorf("loading %s: %w", file, err)
+	}
+	return nil
+}
