@@ -1,0 +1,1028 @@
+package caddymodule
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"math/rand/v2"
+	"mime"
+	"net"
+	"net/http"
+	"net/textproto"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/legacygate/legacygate/caddymodule/limiter"
+)
+
+func init() {
+	caddy.RegisterModule(HeartbeatLimit{})
+	httpcaddyfile.RegisterHandlerDirective("heartbeat_limit", parseHeartbeatLimit)
+}
+
+// HeartbeatLimit limits how often each client may reach the manager, and how
+// many requests reach it in total, answering the rest in a way legacy clients
+// understand: a 429 or 503 with Retry-After (spread by jitter) and, if
+// configured, a protocol-shaped body telling the client to come back later.
+//
+// Each client key has a token bucket (rate and burst). Tracked keys are
+// bounded by max_clients; the least recently seen key is evicted first and
+// keys whose bucket is full again are swept, so memory stays at about
+// 42 bytes per tracked key whatever clients send. A request whose key cannot
+// be read is limited under one shared fallback key, never let through
+// unlimited.
+//
+// The buckets and the global ceiling's schedule survive configuration
+// reloads. They are kept in a process-wide pool (caddy.UsagePool) under the
+// limiter's lineage, its zone, key (or xml_body_element) and distributed
+// settings, and its limits: rate, burst, max_clients, global_rate and
+// max_wait, rates compared by their interval (1/60s is 1/1m).
+//   - Same lineage, same limits: the new configuration uses the very same
+//     buckets and schedule, however much else changed (status, jitter,
+//     body_file, the matcher, other directives and sites).
+//   - Same lineage, changed limits: a new limiter takes over the old one's
+//     buckets: each client keeps the requests it owes, repaid at the new
+//     rate and at most a full bucket (a smaller burst caps the debt, a
+//     larger one gives an idle client the larger burst); the global
+//     schedule's next free slot is kept.
+//   - Another zone or key: a new limiter with full buckets.
+//
+// A state is freed when no running configuration holds it any more.
+// Handlers with the same lineage and limits in one configuration share one
+// limiter; a different zone keeps them apart.
+type HeartbeatLimit struct {
+	// Zone names the limiter: it is part of the lineage under which its
+	// state is kept across reloads, and in distributed mode it names the
+	// shared state in the storage (distributed's own zone is the same
+	// setting and must agree if both are given). Default empty (distributed:
+	// "default").
+	Zone string `json:"zone,omitempty"`
+
+	// Key is the client's identity: placeholders (and literal text),
+	// whose values together form the key. Default {http.vars.client_ip},
+	// the client address after Caddy's trusted_proxies handling. A request
+	// where every placeholder is empty uses the fallback key.
+	Key []string `json:"key,omitempty"`
+
+	// XMLBodyElement, when set, takes the key from the text of the first
+	// element of this local name in the first 64 KiB of an XML request
+	// body (a SOAP device id, for example) instead of from Key. The body
+	// is passed on whole.
+	XMLBodyElement string `json:"xml_body_element,omitempty"`
+
+	// Rate is each client's refill rate, "N/duration" (for example
+	// "1/60s"). Empty means no per-client limit (global_rate must be set).
+	Rate string `json:"rate,omitempty"`
+
+	// Burst is how many requests an idle client may make back to back.
+	// Default 1.
+	Burst int `json:"burst,omitempty"`
+
+	// MaxClients bounds the keys tracked. Default 1,000,000.
+	MaxClients int `json:"max_clients,omitempty"`
+
+	// GlobalRate is a ceiling on requests passed on across all clients,
+	// "N/duration"; admissions are spaced evenly at duration/N.
+	GlobalRate string `json:"global_rate,omitempty"`
+
+	// MaxWait is how long a request may wait for a global slot before it
+	// is rejected. Default 1s; 0 rejects whatever finds no free slot.
+	MaxWait *caddy.Duration `json:"max_wait,omitempty"`
+
+	// Status of a rejection: 429 or 503. Default 429.
+	Status int `json:"status,omitempty"`
+
+	// Jitter, in [0, 1), spreads Retry-After: each rejection's delay is
+	// the bucket's delay times 1 plus a random fraction up to Jitter.
+	Jitter float64 `json:"jitter,omitempty"`
+
+	// BodyFile is a file whose content is the rejection's body (for
+	// example an index document telling the client to come back later).
+	// It is read once at provision time; placeholders in it are replaced
+	// per rejection, including {http.heartbeat_limit.retry_after} (seconds)
+	// and {http.heartbeat_limit.reason}. Its Content-Type follows the file
+	// extension.
+	BodyFile string `json:"body_file,omitempty"`
+
+	// Distributed, when set, makes instances that share a storage limit
+	// clients together.
+	Distributed *HeartbeatDistributed `json:"distributed,omitempty"`
+
+	parts          []heartbeatKeyPart
+	interval       time.Duration
+	globalInterval time.Duration
+	seed           [limiter.SeedSize]byte
+	poolKey        string
+	hasher         limiter.Hasher
+	fallback       uint64
+	perClient      *limiter.Limiter
+	ceiling        *limiter.Ceiling
+	body           []byte
+	bodyType       string
+	logger         *zap.Logger
+	counts         heartbeatCounters
+	tracked        prometheus.Gauge
+	queue          prometheus.Gauge
+	stop           chan struct{}
+	maintenance    *sync.WaitGroup
+}
+
+// CaddyModule returns the Caddy module information.
+func (HeartbeatLimit) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.heartbeat_limit",
+		New: func() caddy.Module { return new(HeartbeatLimit) },
+	}
+}
+
+// Rejection reasons, the values of the metrics' reason label and of
+// {http.heartbeat_limit.reason}.
+const (
+	heartbeatReasonKeyed     = "keyed"
+	heartbeatReasonFallback  = "fallback"
+	heartbeatReasonPerClient = "per_client"
+	heartbeatReasonGlobal    = "global"
+)
+
+const (
+	heartbeatDefaultMaxClients = 1_000_000
+	heartbeatDefaultMaxWait    = time.Second
+	heartbeatXMLPrefix         = 64 << 10
+	heartbeatSweepEvery        = 30 * time.Second
+	heartbeatGaugeEvery        = 2 * time.Second
+)
+
+var heartbeatMetrics = struct {
+	requests *prometheus.CounterVec
+	tracked  prometheus.Gauge
+	queue    prometheus.Gauge
+}{
+	requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "legacygate", Subsystem: "heartbeat_limit", Name: "requests_total",
+		Help: "Requests seen by heartbeat_limit, by outcome (allowed, limited) and reason (allowed: keyed, fallback; limited: per_client, fallback, global).",
+	}, []string{"outcome", "reason"}),
+	tracked: prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: "legacygate", Subsystem: "heartbeat_limit", Name: "tracked_keys",
+		Help: "Client keys with a token bucket in memory, over all heartbeat_limit handlers.",
+	}),
+	queue: prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: "legacygate", Subsystem: "heartbeat_limit", Name: "global_queue_depth",
+		Help: "Requests waiting for a global_rate slot.",
+	}),
+}
+
+// heartbeatCounters are the request counters resolved once, so counting
+// costs no allocation.
+type heartbeatCounters struct {
+	allowedKeyed, allowedFallback                    prometheus.Counter
+	limitedPerClient, limitedFallback, limitedGlobal prometheus.Counter
+}
+
+// Provision parses the configuration, takes the limiter state from the pool
+// (building it if no configuration holds it) and starts the distributed
+// exchange.
+func (h *HeartbeatLimit) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	h.stop = make(chan struct{})
+	h.maintenance = new(sync.WaitGroup)
+	if err := h.provisionMetrics(ctx); err != nil {
+		return err
+	}
+	if err := h.provisionKey(); err != nil {
+		return err
+	}
+	if err := h.provisionLimits(); err != nil {
+		return err
+	}
+	if err := h.provisionRejection(); err != nil {
+		return err
+	}
+	if err := h.provisionZone(); err != nil {
+		return err
+	}
+	if h.Distributed != nil {
+		var err error
+		if h.seed, err = h.Distributed.provision(ctx, h); err != nil {
+			return fmt.Errorf("distributed: %w", err)
+		}
+	}
+	if err := h.provisionState(); err != nil {
+		return err
+	}
+	if h.Distributed != nil {
+		h.Distributed.start(h)
+	}
+	return nil
+}
+
+// provisionZone checks the zone name and reconciles it with distributed's.
+func (h *HeartbeatLimit) provisionZone() error {
+	if h.Distributed != nil {
+		dz := h.Distributed.Zone
+		if h.Zone != "" && dz != "" && dz != h.Zone {
+			return fmt.Errorf("zone %q: distributed zone %q differs; set one of them", h.Zone, dz)
+		}
+		if h.Zone == "" {
+			h.Zone = dz
+		}
+	}
+	if strings.ContainsAny(h.Zone, "/\\ \t") || h.Zone == "." || h.Zone == ".." {
+		return fmt.Errorf("zone %q: want a name without slashes or spaces", h.Zone)
+	}
+	return nil
+}
+
+func (h *HeartbeatLimit) provisionMetrics(ctx caddy.Context) error {
+	reg := ctx.GetMetricsRegistry()
+	requests, err := registerCollector(reg, heartbeatMetrics.requests)
+	if err != nil {
+		return err
+	}
+	if h.tracked, err = registerCollector(reg, heartbeatMetrics.tracked); err != nil {
+		return err
+	}
+	if h.queue, err = registerCollector(reg, heartbeatMetrics.queue); err != nil {
+		return err
+	}
+	h.counts = heartbeatCounters{
+		allowedKeyed:     requests.WithLabelValues("allowed", heartbeatReasonKeyed),
+		allowedFallback:  requests.WithLabelValues("allowed", heartbeatReasonFallback),
+		limitedPerClient: requests.WithLabelValues("limited", heartbeatReasonPerClient),
+		limitedFallback:  requests.WithLabelValues("limited", heartbeatReasonFallback),
+		limitedGlobal:    requests.WithLabelValues("limited", heartbeatReasonGlobal),
+	}
+	return nil
+}
+
+func (h *HeartbeatLimit) provisionKey() error {
+	if h.XMLBodyElement != "" {
+		if len(h.Key) > 0 {
+			return errors.New("key: xml_body cannot be combined with placeholders")
+		}
+		if strings.ContainsAny(h.XMLBodyElement, " <>/{}") {
+			return fmt.Errorf("xml_body_element %q: want a bare element name", h.XMLBodyElement)
+		}
+		return nil
+	}
+	if len(h.Key) == 0 {
+		h.Key = []string{"{http.vars.client_ip}"}
+	}
+	h.parts = make([]heartbeatKeyPart, 0, len(h.Key))
+	for _, k := range h.Key {
+		if k == "" {
+			return errors.New("key: empty part")
+		}
+		h.parts = append(h.parts, parseHeartbeatKeyPart(k))
+	}
+	return nil
+}
+
+func (h *HeartbeatLimit) provisionLimits() error {
+	if h.Rate == "" && h.GlobalRate == "" {
+		return errors.New("rate: required (or global_rate)")
+	}
+	if h.Burst == 0 {
+		h.Burst = 1
+	}
+	if h.MaxClients == 0 {
+		h.MaxClients = heartbeatDefaultMaxClients
+	}
+	if h.Rate != "" {
+		interval, err := parseHeartbeatRate(h.Rate)
+		if err != nil {
+			return fmt.Errorf("rate: %w", err)
+		}
+		if h.Burst < 1 {
+			return fmt.Errorf("burst %d: must be at least 1", h.Burst)
+		}
+		if h.MaxClients < 1 {
+			return fmt.Errorf("max_clients %d: must be at least 1", h.MaxClients)
+		}
+		h.interval = interval
+	}
+	if h.MaxWait == nil {
+		d := caddy.Duration(heartbeatDefaultMaxWait)
+		h.MaxWait = &d
+	}
+	if *h.MaxWait < 0 {
+		return fmt.Errorf("max_wait %v: must not be negative", time.Duration(*h.MaxWait))
+	}
+	if h.GlobalRate != "" {
+		interval, err := parseHeartbeatRate(h.GlobalRate)
+		if err != nil {
+			return fmt.Errorf("global_rate: %w", err)
+		}
+		h.globalInterval = interval
+	}
+	return nil
+}
+
+func (h *HeartbeatLimit) provisionRejection() error {
+	if h.Status == 0 {
+		h.Status = http.StatusTooManyRequests
+	}
+	if h.Status != http.StatusTooManyRequests && h.Status != http.StatusServiceUnavailable {
+		return fmt.Errorf("status %d: want 429 or 503", h.Status)
+	}
+	if h.Jitter < 0 || h.Jitter >= 1 || math.IsNaN(h.Jitter) {
+		return fmt.Errorf("jitter %v: want a fraction in [0, 1)", h.Jitter)
+	}
+	if h.BodyFile == "" {
+		return nil
+	}
+	body, err := os.ReadFile(h.BodyFile)
+	if err != nil {
+		return fmt.Errorf("body_file: %w", err)
+	}
+	h.body = body
+	h.bodyType = mime.TypeByExtension(filepath.Ext(h.BodyFile))
+	if h.bodyType == "" {
+		h.bodyType = http.DetectContentType(body)
+	}
+	return nil
+}
+
+// parseHeartbeatRate reads "N/duration" and returns the interval per token.
+func parseHeartbeatRate(s string) (time.Duration, error) {
+	count, per, ok := strings.Cut(s, "/")
+	if !ok {
+		return 0, fmt.Errorf("%q: want N/duration, for example 1/60s", s)
+	}
+	n, err := strconv.Atoi(count)
+	if err != nil || n < 1 {
+		return 0, fmt.Errorf("%q: count %q must be a positive integer", s, count)
+	}
+	d, err := caddy.ParseDuration(per)
+	if err != nil {
+		return 0, fmt.Errorf("%q: duration: %w", s, err)
+	}
+	if d <= 0 || d/time.Duration(n) <= 0 {
+		return 0, fmt.Errorf("%q: the interval per request must be at least 1ns", s)
+	}
+	return d / time.Duration(n), nil
+}
+
+// Validate checks what Provision derived.
+func (h *HeartbeatLimit) Validate() error {
+	if h.perClient == nil && h.ceiling == nil {
+		return errors.New("rate: required (or global_rate)")
+	}
+	return nil
+}
+
+// Cleanup stops the distributed exchange and releases this handler's
+// reference to the limiter state, which is freed when no configuration
+// holds it any more. It may be called more than once.
+func (h *HeartbeatLimit) Cleanup() error {
+	if h.stop != nil {
+		close(h.stop)
+		h.maintenance.Wait()
+		h.stop = nil
+	}
+	if h.poolKey == "" {
+		return nil
+	}
+	key := h.poolKey
+	h.poolKey = ""
+	if _, err := heartbeatStates.Delete(key); err != nil {
+		return fmt.Errorf("releasing the limiter state: %w", err)
+	}
+	return nil
+}
+
+// heartbeatStates holds every heartbeat_limit's limiter state, keyed by its
+// lineage and limits (heartbeatLimits), so that a reload finds the buckets
+// and global schedule of the configuration it replaces.
+var heartbeatStates = caddy.NewUsagePool()
+
+// heartbeatLineages maps each lineage (a limiter's zone, key and
+// distributed settings) to its live states, oldest first, so that a state
+// built with changed limits takes over the buckets of the newest one (the
+// configuration being replaced, or the one still running after a failed
+// reload).
+var heartbeatLineages = struct {
+	sync.Mutex
+	live map[string][]*heartbeatState
+}{live: make(map[string][]*heartbeatState)}
+
+// heartbeatState is what a reload keeps: the per-client buckets, the
+// global ceiling's schedule, the key hash seed (a new seed would re-key
+// every client) and the distributed instance name. It sweeps full buckets
+// and reports the tracked-key gauge until the pool destructs it.
+type heartbeatState struct {
+	lineage   string
+	perClient *limiter.Limiter
+	ceiling   *limiter.Ceiling
+	hasher    limiter.Hasher
+	instance  string
+	tracked   prometheus.Gauge
+	reported  float64
+	stop      chan struct{}
+	done      chan struct{}
+}
+
+// heartbeatLineage identifies a limiter whatever its limits: which
+// clients it tells apart, and where it shares state.
+type heartbeatLineage struct {
+	Zone        string          `json:"zone"`
+	Key         []string        `json:"key"`
+	XMLBody     string          `json:"xml_body"`
+	Distributed json.RawMessage `json:"distributed,omitempty"`
+	Seed        []byte          `json:"seed,omitempty"`
+}
+
+// heartbeatLimits are the settings a limiter's state is built with. Rates
+// are compared as intervals (1/60s is 1/1m).
+type heartbeatLimits struct {
+	Interval       time.Duration `json:"interval"`
+	Burst          int           `json:"burst"`
+	MaxClients     int           `json:"max_clients"`
+	GlobalInterval time.Duration `json:"global_interval"`
+	MaxWait        time.Duration `json:"max_wait"`
+}
+
+// identity returns h's lineage and its pool key (the lineage and the
+// limits).
+func (h *HeartbeatLimit) identity() (lineage, key string, err error) {
+	l := heartbeatLineage{Zone: h.Zone, Key: h.Key, XMLBody: h.XMLBodyElement}
+	if h.Distributed != nil {
+		if l.Distributed, err = json.Marshal(h.Distributed); err != nil {
+			return "", "", fmt.Errorf("distributed: %w", err)
+		}
+		l.Seed = h.seed[:]
+	}
+	lb, err := json.Marshal(l)
+	if err != nil {
+		return "", "", fmt.Errorf("limiter identity: %w", err)
+	}
+	kb, err := json.Marshal(heartbeatLimits{
+		Interval: h.interval, Burst: h.Burst, MaxClients: h.MaxClients,
+		GlobalInterval: h.globalInterval, MaxWait: time.Duration(*h.MaxWait),
+	})
+	if err != nil {
+		return "", "", fmt.Errorf("limiter identity: %w", err)
+	}
+	return string(lb), string(lb) + string(kb), nil
+}
+
+// provisionState takes the limiter state for h's configuration from the
+// pool, building it if no running configuration holds it.
+func (h *HeartbeatLimit) provisionState() error {
+	lineage, key, err := h.identity()
+	if err != nil {
+		return err
+	}
+	val, _, err := heartbeatStates.LoadOrNew(key, func() (caddy.Destructor, error) {
+		return h.newState(lineage)
+	})
+	if err != nil {
+		return err
+	}
+	h.poolKey = key
+	state := val.(*heartbeatState)
+	h.perClient, h.ceiling, h.hasher = state.perClient, state.ceiling, state.hasher
+	h.fallback = h.hasher.Sum(nil)
+	if h.Distributed != nil {
+		h.Distributed.attach(state.perClient, state.instance)
+	}
+	return nil
+}
+
+// newState builds the limiters for h's configuration, taking over the
+// buckets, schedule, seed and instance name of the newest live state of
+// the same lineage, and starts their maintenance.
+func (h *HeartbeatLimit) newState(lineage string) (caddy.Destructor, error) {
+	heartbeatLineages.Lock()
+	defer heartbeatLineages.Unlock()
+	var prev *heartbeatState
+	if live := heartbeatLineages.live[lineage]; len(live) > 0 {
+		prev = live[len(live)-1]
+	}
+	s := &heartbeatState{
+		lineage: lineage,
+		tracked: h.tracked,
+		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
+	}
+	if prev != nil {
+		s.hasher, s.instance = prev.hasher, prev.instance
+	} else {
+		seed, instance := h.seed, limiter.RandomSeed()
+		if h.Distributed == nil {
+			seed = limiter.RandomSeed()
+		}
+		s.hasher, s.instance = limiter.NewHasher(seed), fmt.Sprintf("%x", instance[:8])
+	}
+	if err := s.buildLimiters(h, prev); err != nil {
+		return nil, err
+	}
+	heartbeatLineages.live[lineage] = append(heartbeatLineages.live[lineage], s)
+	go s.maintain()
+	return s, nil
+}
+
+// buildLimiters makes the per-client limiter and the ceiling h asks for,
+// carrying over prev's where prev has them.
+func (s *heartbeatState) buildLimiters(h *HeartbeatLimit, prev *heartbeatState) error {
+	if h.interval > 0 {
+		cfg := limiter.Config{Interval: h.interval, Burst: h.Burst, MaxKeys: h.MaxClients}
+		if prev != nil && prev.perClient != nil {
+			cfg.Clock = prev.perClient.Clock()
+		}
+		var err error
+		if s.perClient, err = limiter.New(cfg); err != nil {
+			return fmt.Errorf("rate, burst, max_clients: %w", err)
+		}
+		if cfg.Clock != nil {
+			s.perClient.Carry(prev.perClient)
+		}
+	}
+	if h.globalInterval > 0 {
+		var clock func() int64
+		if prev != nil && prev.ceiling != nil {
+			clock = prev.ceiling.Clock()
+		}
+		var err error
+		if s.ceiling, err = limiter.NewCeiling(h.globalInterval, time.Duration(*h.MaxWait), clock); err != nil {
+			return fmt.Errorf("global_rate: %w", err)
+		}
+		if clock != nil {
+			s.ceiling.Carry(prev.ceiling)
+		}
+	}
+	return nil
+}
+
+// maintain sweeps full buckets and reports the tracked-key gauge.
+func (s *heartbeatState) maintain() {
+	defer close(s.done)
+	if s.perClient == nil {
+		<-s.stop
+		return
+	}
+	gauge := time.NewTicker(heartbeatGaugeEvery)
+	defer gauge.Stop()
+	sweep := time.NewTicker(heartbeatSweepEvery)
+	defer sweep.Stop()
+	for {
+		select {
+		case <-s.stop:
+			s.tracked.Sub(s.reported)
+			return
+		case <-sweep.C:
+			s.perClient.Sweep()
+		case <-gauge.C:
+			n := float64(s.perClient.Len())
+			s.tracked.Add(n - s.reported)
+			s.reported = n
+		}
+	}
+}
+
+// Destruct stops the maintenance when the last configuration holding the
+// state lets it go, and removes it from its lineage's live states.
+func (s *heartbeatState) Destruct() error {
+	heartbeatLineages.Lock()
+	live := slices.DeleteFunc(heartbeatLineages.live[s.lineage], func(x *heartbeatState) bool { return x == s })
+	if len(live) == 0 {
+		delete(heartbeatLineages.live, s.lineage)
+	} else {
+		heartbeatLineages.live[s.lineage] = live
+	}
+	heartbeatLineages.Unlock()
+	close(s.stop)
+	<-s.done
+	return nil
+}
+
+// ServeHTTP passes the request on if its client's bucket and the global
+// ceiling allow it, and answers a rejection otherwise.
+func (h *HeartbeatLimit) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	key, keyed := h.clientKey(r)
+	if h.perClient != nil {
+		ok, retry := h.allow(key)
+		if !ok {
+			reason := heartbeatReasonPerClient
+			if !keyed {
+				reason = heartbeatReasonFallback
+			}
+			return h.reject(w, r, reason, retry)
+		}
+	}
+	if h.ceiling != nil {
+		ok, wait := h.ceiling.Reserve()
+		if !ok {
+			h.refund(key)
+			return h.reject(w, r, heartbeatReasonGlobal, wait-time.Duration(*h.MaxWait))
+		}
+		if wait > 0 {
+			h.queue.Inc()
+			err := h.ceiling.Wait(wait, r.Context().Done())
+			h.queue.Dec()
+			if errors.Is(err, limiter.ErrGone) {
+				return caddyhttp.Error(499, err)
+			}
+			if err != nil {
+				h.refund(key)
+				return h.reject(w, r, heartbeatReasonGlobal, h.ceiling.Interval())
+			}
+		}
+	}
+	if keyed {
+		h.counts.allowedKeyed.Inc()
+	} else {
+		h.counts.allowedFallback.Inc()
+	}
+	return next.ServeHTTP(w, r)
+}
+
+// refund gives back the token a request took from its client's bucket
+// when the global ceiling then rejects it.
+func (h *HeartbeatLimit) refund(key uint64) {
+	if h.perClient != nil {
+		h.perClient.Refund(key)
+	}
+}
+
+func (h *HeartbeatLimit) allow(key uint64) (bool, time.Duration) {
+	if h.Distributed != nil {
+		return h.perClient.AllowShared(key, h.Distributed.shared(key))
+	}
+	return h.perClient.Allow(key)
+}
+
+// reject answers a limited request and explains it in the log.
+func (h *HeartbeatLimit) reject(w http.ResponseWriter, r *http.Request, reason string, delay time.Duration) error {
+	switch reason {
+	case heartbeatReasonPerClient:
+		h.counts.limitedPerClient.Inc()
+	case heartbeatReasonFallback:
+		h.counts.limitedFallback.Inc()
+	default:
+		h.counts.limitedGlobal.Inc()
+	}
+	retry := heartbeatRetrySeconds(delay, h.Jitter, rand.Float64())
+	if ce := h.logger.Check(zap.DebugLevel, "heartbeat limited"); ce != nil {
+		ce.Write(zap.String("reason", reason), zap.Int("retry_after", retry),
+			zap.String("remote", r.RemoteAddr), zap.String("uri", r.RequestURI))
+	}
+	hdr := w.Header()
+	hdr.Set("Retry-After", strconv.Itoa(retry))
+	hdr.Set("Cache-Control", "no-store")
+	if h.body == nil {
+		w.WriteHeader(h.Status)
+		return nil
+	}
+	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	body := h.body
+	if repl != nil {
+		repl.Set("http.heartbeat_limit.retry_after", retry)
+		repl.Set("http.heartbeat_limit.reason", reason)
+		body = []byte(repl.ReplaceKnown(string(h.body), ""))
+	}
+	hdr.Set("Content-Type", h.bodyType)
+	hdr.Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(h.Status)
+	_, err := w.Write(body)
+	return err
+}
+
+// heartbeatRetrySeconds turns a delay into whole Retry-After seconds (at
+// least 1), stretched by jitter times a random fraction u in [0, 1).
+func heartbeatRetrySeconds(delay time.Duration, jitter, u float64) int {
+	secs := math.Ceil(delay.Seconds() * (1 + jitter*u))
+	if secs < 1 || math.IsNaN(secs) {
+		return 1
+	}
+	if secs > math.MaxInt32 {
+		return math.MaxInt32
+	}
+	return int(secs)
+}
+
+// clientKey returns the request's key hash, and false when the key could
+// not be read and the fallback key is used.
+func (h *HeartbeatLimit) clientKey(r *http.Request) (uint64, bool) {
+	if h.XMLBodyElement != "" {
+		value, ok := heartbeatXMLBodyKey(r, h.XMLBodyElement)
+		if !ok {
+			return h.fallback, false
+		}
+		var buf [128]byte
+		return h.hasher.Sum(heartbeatAppendPart(buf[:0], value)), true
+	}
+	var buf [256]byte
+	key := buf[:0]
+	found := false
+	for i := range h.parts {
+		value := h.parts[i].value(r)
+		found = found || value != ""
+		key = heartbeatAppendPart(key, value)
+	}
+	if !found {
+		return h.fallback, false
+	}
+	return h.hasher.Sum(key), true
+}
+
+// heartbeatAppendPart appends a length-prefixed part, so that no two lists
+// of parts encode alike ("a b"+"c" differs from "a"+"b c").
+func heartbeatAppendPart(key []byte, part string) []byte {
+	key = binary.AppendUvarint(key, uint64(len(part)))
+	return append(key, part...)
+}
+
+// heartbeatKeyPart is one element of the key. The placeholders a
+// heartbeat key is usually made of are read straight from the request,
+// which costs no allocation; any other text goes through Caddy's replacer.
+type heartbeatKeyPart struct {
+	kind heartbeatPartKind
+	name string // query parameter or canonical header name
+	text string // the replacer template, for heartbeatPartReplacer
+}
+
+type heartbeatPartKind int
+
+const (
+	heartbeatPartClientIP heartbeatPartKind = iota
+	heartbeatPartRemoteHost
+	heartbeatPartQuery
+	heartbeatPartHeader
+	heartbeatPartReplacer
+)
+
+func parseHeartbeatKeyPart(text string) heartbeatKeyPart {
+	inner, ok := strings.CutPrefix(text, "{")
+	if ok {
+		inner, ok = strings.CutSuffix(inner, "}")
+	}
+	if ok && !strings.ContainsAny(inner, "{}") {
+		switch {
+		case inner == "http.vars.client_ip" || inner == "client_ip":
+			return heartbeatKeyPart{kind: heartbeatPartClientIP}
+		case inner == "http.request.remote.host" || inner == "remote_host":
+			return heartbeatKeyPart{kind: heartbeatPartRemoteHost}
+		case strings.HasPrefix(inner, "http.request.uri.query."):
+			return heartbeatKeyPart{kind: heartbeatPartQuery, name: strings.TrimPrefix(inner, "http.request.uri.query.")}
+		case strings.HasPrefix(inner, "query."):
+			return heartbeatKeyPart{kind: heartbeatPartQuery, name: strings.TrimPrefix(inner, "query.")}
+		case strings.HasPrefix(inner, "http.request.header."):
+			return heartbeatKeyPart{kind: heartbeatPartHeader, name: textproto.CanonicalMIMEHeaderKey(strings.TrimPrefix(inner, "http.request.header."))}
+		case strings.HasPrefix(inner, "header."):
+			return heartbeatKeyPart{kind: heartbeatPartHeader, name: textproto.CanonicalMIMEHeaderKey(strings.TrimPrefix(inner, "header."))}
+		}
+	}
+	return heartbeatKeyPart{kind: heartbeatPartReplacer, text: text}
+}
+
+func (p *heartbeatKeyPart) value(r *http.Request) string {
+	switch p.kind {
+	case heartbeatPartClientIP:
+		if ip, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok {
+			return ip
+		}
+		return heartbeatRemoteHost(r)
+	case heartbeatPartRemoteHost:
+		return heartbeatRemoteHost(r)
+	case heartbeatPartQuery:
+		return heartbeatQueryValue(r.URL.RawQuery, p.name)
+	case heartbeatPartHeader:
+		if v := r.Header[p.name]; len(v) > 0 {
+			return v[0]
+		}
+		return ""
+	}
+	repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if !ok {
+		return ""
+	}
+	return repl.ReplaceKnown(p.text, "")
+}
+
+func heartbeatRemoteHost(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+// heartbeatQueryValue returns the first value of name in a raw query, as
+// url.Values.Get would, without building the map.
+func heartbeatQueryValue(query, name string) string {
+	for query != "" {
+		var pair string
+		pair, query, _ = strings.Cut(query, "&")
+		k, v, _ := strings.Cut(pair, "=")
+		if heartbeatEscaped(k) {
+			unescaped, err := url.QueryUnescape(k)
+			if err != nil {
+				continue
+			}
+			k = unescaped
+		}
+		if k != name {
+			continue
+		}
+		if heartbeatEscaped(v) {
+			unescaped, err := url.QueryUnescape(v)
+			if err != nil {
+				continue
+			}
+			v = unescaped
+		}
+		return v
+	}
+	return ""
+}
+
+// heartbeatXMLBodyKey reads the text of the first element named element
+// from the first 64 KiB of the request body, and puts those bytes back in
+// front of the rest so the manager receives the body unchanged.
+func heartbeatXMLBodyKey(r *http.Request, element string) (string, bool) {
+	if r.Body == nil || r.Body == http.NoBody {
+		return "", false
+	}
+	limit := int64(heartbeatXMLPrefix)
+	if r.ContentLength >= 0 && r.ContentLength < limit {
+		limit = r.ContentLength
+	}
+	prefix, err := io.ReadAll(io.LimitReader(r.Body, limit))
+	r.Body = heartbeatReplayBody{Reader: io.MultiReader(bytes.NewReader(prefix), r.Body), Closer: r.Body}
+	if err != nil {
+		return "", false
+	}
+	return limiter.XMLElementText(prefix, element)
+}
+
+// heartbeatEscaped reports whether a query component needs unescaping.
+func heartbeatEscaped(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] == '%' || s[i] == '+' {
+			return true
+		}
+	}
+	return false
+}
+
+// heartbeatReplayBody is a body whose first bytes were read and put back.
+type heartbeatReplayBody struct {
+	io.Reader
+	io.Closer
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	heartbeat_limit [<matcher>] {
+//	    zone        <name>
+//	    key         <placeholder…> | xml_body <element>
+//	    rate        <N>/<duration>
+//	    burst       <N>
+//	    max_clients <N>
+//	    global_rate <N>/<duration>
+//	    max_wait    <duration>
+//	    status      429|503
+//	    jitter      <fraction>
+//	    body_file   <path>
+//	    distributed {
+//	        zone      <name>
+//	        interval  <duration>
+//	        purge_age <duration>
+//	        storage   <module> { … }
+//	    }
+//	}
+//
+// For example, for a SEPM-style manager, one client being a host id seen
+// from one address:
+//
+//	heartbeat_limit /secars/secars.dll {
+//	    key {query.hostid} {client_ip}
+//	    rate 1/60s
+//	    burst 3
+//	    max_clients 1000000
+//	    global_rate 200/1s
+//	    max_wait 2s
+//	    status 503
+//	}
+func (h *HeartbeatLimit) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // the directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		var err error
+		switch d.Val() {
+		case "zone":
+			err = heartbeatOneArg(d, func(s string) error { h.Zone = s; return nil })
+		case "key":
+			err = h.unmarshalKey(d)
+		case "rate":
+			err = heartbeatOneArg(d, func(s string) error { h.Rate = s; return nil })
+		case "burst":
+			err = heartbeatOneArg(d, heartbeatInt(&h.Burst))
+		case "max_clients":
+			err = heartbeatOneArg(d, heartbeatInt(&h.MaxClients))
+		case "global_rate":
+			err = heartbeatOneArg(d, func(s string) error { h.GlobalRate = s; return nil })
+		case "max_wait":
+			err = heartbeatOneArg(d, func(s string) error {
+				v, err := caddy.ParseDuration(s)
+				d := caddy.Duration(v)
+				h.MaxWait = &d
+				return err
+			})
+		case "status":
+			err = heartbeatOneArg(d, heartbeatInt(&h.Status))
+		case "jitter":
+			err = heartbeatOneArg(d, func(s string) error {
+				v, err := strconv.ParseFloat(s, 64)
+				h.Jitter = v
+				return err
+			})
+		case "body_file":
+			err = heartbeatOneArg(d, func(s string) error { h.BodyFile = s; return nil })
+		case "distributed":
+			h.Distributed = new(HeartbeatDistributed)
+			err = h.Distributed.unmarshalCaddyfile(d)
+		default:
+			return d.Errf("heartbeat_limit: unknown subdirective %q", d.Val())
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (h *HeartbeatLimit) unmarshalKey(d *caddyfile.Dispenser) error {
+	args := d.RemainingArgs()
+	if len(args) == 0 {
+		return d.ArgErr()
+	}
+	if args[0] == "xml_body" {
+		if len(args) != 2 {
+			return d.Err("heartbeat_limit: key xml_body takes one element name")
+		}
+		h.XMLBodyElement = args[1]
+		return nil
+	}
+	h.Key = args
+	return nil
+}
+
+// heartbeatOneArg reads exactly one argument and hands it to set, wrapping
+// its error with the subdirective's name and position.
+func heartbeatOneArg(d *caddyfile.Dispenser, set func(string) error) error {
+	name := d.Val()
+	if !d.NextArg() {
+		return d.ArgErr()
+	}
+	value := d.Val()
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	if err := set(value); err != nil {
+		return d.Errf("heartbeat_limit: %s %q: %v", name, value, err)
+	}
+	return nil
+}
+
+func heartbeatInt(dst *int) func(string) error {
+	return func(s string) error {
+		v, err := strconv.Atoi(s)
+		*dst = v
+		return err
+	}
+}
+
+func parseHeartbeatLimit(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	m := new(HeartbeatLimit)
+	err := m.UnmarshalCaddyfile(h.Dispenser)
+	return m, err
+}
+
+// Interface guards.
+var (
+	_ caddy.Provisioner           = (*HeartbeatLimit)(nil)
+	_ caddy.Validator             = (*HeartbeatLimit)(nil)
+	_ caddy.CleanerUpper          = (*HeartbeatLimit)(nil)
+	_ caddyhttp.MiddlewareHandler = (*HeartbeatLimit)(nil)
+	_ caddyfile.Unmarshaler       = (*HeartbeatLimit)(nil)
+)

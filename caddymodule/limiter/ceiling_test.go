@@ -1,0 +1,124 @@
+package limiter
+
+import (
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestCeilingSpacesAdmissionsAndRefusesBeyondMaxWait(t *testing.T) {
+	clock := &fakeClock{}
+	c, err := NewCeiling(100*time.Millisecond, 250*time.Millisecond, clock.read)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []struct {
+		ok   bool
+		wait time.Duration
+	}{
+		{true, 0},
+		{true, 100 * time.Millisecond},
+		{true, 200 * time.Millisecond},
+		{false, 300 * time.Millisecond}, // would wait longer than 250ms
+		{false, 300 * time.Millisecond}, // a refusal claims nothing
+	}
+	for i, w := range want {
+		ok, wait := c.Reserve()
+		if ok != w.ok || wait != w.wait {
+			t.Fatalf("reservation %d = %v, %v; want %v, %v", i, ok, wait, w.ok, w.wait)
+		}
+	}
+	clock.advance(time.Second)
+	if ok, wait := c.Reserve(); !ok || wait != 0 {
+		t.Fatalf("after the queue drained: %v, %v; want true, 0", ok, wait)
+	}
+}
+
+func TestCeilingConcurrentReservationsNeverShareASlot(t *testing.T) {
+	clock := &fakeClock{}
+	c, err := NewCeiling(time.Millisecond, time.Second, clock.read)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	seen := map[time.Duration]bool{}
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 500 {
+				if ok, wait := c.Reserve(); ok {
+					mu.Lock()
+					if seen[wait] {
+						t.Errorf("slot %v handed out twice", wait)
+					}
+					seen[wait] = true
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if len(seen) != 1001 { // slots 0, 1ms, ... 1000ms
+		t.Fatalf("%d slots handed out, want 1001 (max wait / interval + 1)", len(seen))
+	}
+}
+
+func TestCeilingWaitStopsWhenTheClientLeaves(t *testing.T) {
+	c, err := NewCeiling(time.Second, time.Minute, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	result := make(chan error)
+	go func() { result <- c.Wait(time.Minute, done) }()
+	close(done)
+	select {
+	case err := <-result:
+		if err != ErrGone {
+			t.Fatalf("Wait after the client left = %v, want ErrGone", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Wait did not return when the client left")
+	}
+}
+
+func TestNewCeilingRejectsBadConfig(t *testing.T) {
+	if _, err := NewCeiling(0, time.Second, nil); err == nil {
+		t.Fatal("zero interval accepted")
+	}
+	if _, err := NewCeiling(time.Second, -1, nil); err == nil {
+		t.Fatal("negative max wait accepted")
+	}
+}
+
+func TestCeilingWaiterWakingLongAfterItsSlotIsLate(t *testing.T) {
+	tests := []struct {
+		name string
+		jump time.Duration
+		want error
+	}{
+		{"on time", 0, nil},
+		{"within one interval", 80 * time.Millisecond, nil},
+		{"a starved host", time.Second, ErrLate},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			clock := &fakeClock{}
+			c, err := NewCeiling(100*time.Millisecond, time.Second, clock.read)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The fake clock stands still during the real 5ms timer, then
+			// jumps as a starved process would see it.
+			go func() {
+				time.Sleep(time.Millisecond)
+				clock.advance(tt.jump)
+			}()
+			if err := c.Wait(5*time.Millisecond, nil); err != tt.want {
+				t.Fatalf("Wait = %v, want %v", err, tt.want)
+			}
+		})
+	}
+}
