@@ -1,0 +1,318 @@
+package caddymodule
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+)
+
+func init() {
+	caddy.RegisterModule(PlaintextBridge{})
+	httpcaddyfile.RegisterHandlerDirective("plaintext_bridge", parsePlaintextBridge)
+}
+
+// What plaintext_bridge does outside the window.
+const (
+	outsideMigrate = "migrate"
+	outside426     = "426"
+	outside403     = "403"
+)
+
+// defaultBridgeMaxBody bounds request bodies on plain HTTP: registrations
+// are small, log uploads (200-300 KB) are refused.
+const defaultBridgeMaxBody = 64 << 10
+
+// PlaintextBridge guards the plain-HTTP listener (SEPM's 8014) (module
+// http.handlers.plaintext_bridge). It is meant for that listener only; on a
+// TLS listener it applies the same rules.
+//
+// While the legacygate app's rotation window is open, it passes requests
+// for the allowed paths on (to policy_guard and reverse_proxy). Outside the
+// window it passes only the migration requests (the index and the settings
+// document, which policy_guard rewrites with drop_http_only so the client
+// moves to HTTPS) and refuses the rest with 426 Upgrade Required, or refuses
+// everything with 426 or 403, as configured. Log uploads and request bodies
+// over max_body are refused always. Each heartbeat it sees is reported to
+// the app as seen on plaintext, so the operator knows who still uses it.
+// Every refusal is logged with its reason and counted by reason.
+type PlaintextBridge struct {
+	// Allow lists the paths passed on while the window is open. Matched
+	// case-insensitively; a trailing * matches any rest.
+	Allow []string `json:"allow,omitempty"`
+
+	// Migration lists the requests passed on outside the window when
+	// OutsideWindow is "migrate": list the heartbeat (index) request, which
+	// tells the client new settings exist, and the settings request.
+	Migration []RequestSpec `json:"migration,omitempty"`
+
+	// Uploads lists the log upload requests, refused always. Default: path
+	// /secars/secars.dll, query action=log.
+	Uploads []RequestSpec `json:"uploads,omitempty"`
+
+	// OutsideWindow is "migrate" (default), "426" or "403".
+	OutsideWindow string `json:"outside_window,omitempty"`
+
+	// MaxBody is the largest request body passed on, in bytes. Default 64 KiB.
+	MaxBody int64 `json:"max_body,omitempty"`
+
+	app       *App
+	allow     []requestMatcher
+	migration []requestMatcher
+	uploads   []requestMatcher
+	logger    *zap.Logger
+	results   *prometheus.CounterVec
+}
+
+// CaddyModule returns the Caddy module information.
+func (PlaintextBridge) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.plaintext_bridge",
+		New: func() caddy.Module { return new(PlaintextBridge) },
+	}
+}
+
+// Reasons, the values of the metric's reason label.
+const (
+	bridgeWindowOpen     = "window_open"
+	bridgeMigration      = "migration"
+	bridgePathNotAllowed = "path_not_allowed"
+	bridgeLogUpload      = "log_upload"
+	bridgeBodyTooLarge   = "body_too_large"
+	bridgeOutsideWindow  = "outside_window"
+)
+
+var plaintextBridgeResults = prometheus.NewCounterVec(prometheus.CounterOpts{
+	Name: "legacygate_plaintext_bridge_requests_total",
+	Help: "Requests on the plaintext bridge, by result (passed, refused) and reason.",
+}, []string{"result", "reason"})
+
+// Provision finds the legacygate app and registers the counter.
+func (b *PlaintextBridge) Provision(ctx caddy.Context) error {
+	if err := b.Validate(); err != nil {
+		return err
+	}
+	app, err := ctx.AppIfConfigured("legacygate")
+	if err != nil {
+		return fmt.Errorf("plaintext_bridge: needs the legacygate global option (its rotation window): %w", err)
+	}
+	return b.provision(ctx, app.(*App))
+}
+
+func (b *PlaintextBridge) provision(ctx caddy.Context, app *App) error {
+	b.logger, b.app = ctx.Logger(), app
+	if b.OutsideWindow == "" {
+		b.OutsideWindow = outsideMigrate
+	}
+	if b.MaxBody == 0 {
+		b.MaxBody = defaultBridgeMaxBody
+	}
+	uploads := b.Uploads
+	if len(uploads) == 0 {
+		uploads = []RequestSpec{{Path: defaultHeartbeatPath, Query: map[string]string{"action": "log"}}}
+	}
+	for _, p := range b.Allow {
+		b.allow = append(b.allow, newRequestMatcher(RequestSpec{Path: p}))
+	}
+	for _, s := range b.Migration {
+		b.migration = append(b.migration, newRequestMatcher(s))
+	}
+	for _, s := range uploads {
+		b.uploads = append(b.uploads, newRequestMatcher(s))
+	}
+	var err error
+	b.results, err = registerCollector(ctx.GetMetricsRegistry(), plaintextBridgeResults)
+	return err
+}
+
+// Validate names the first wrong field.
+func (b *PlaintextBridge) Validate() error {
+	switch b.OutsideWindow {
+	case "", outsideMigrate, outside426, outside403:
+	default:
+		return fmt.Errorf("plaintext_bridge: outside_window: %q is not migrate, 426 or 403", b.OutsideWindow)
+	}
+	if len(b.Allow) == 0 {
+		return errors.New("plaintext_bridge: allow: at least one path is required")
+	}
+	if (b.OutsideWindow == "" || b.OutsideWindow == outsideMigrate) && len(b.Migration) == 0 {
+		return errors.New("plaintext_bridge: migration: outside_window migrate needs at least one migration request (the index and the settings request)")
+	}
+	if b.MaxBody < 0 {
+		return fmt.Errorf("plaintext_bridge: max_body: %d is negative", b.MaxBody)
+	}
+	for _, p := range b.Allow {
+		if !strings.HasPrefix(p, "/") {
+			return fmt.Errorf("plaintext_bridge: allow: %q does not start with /", p)
+		}
+	}
+	for _, list := range []struct {
+		field string
+		specs []RequestSpec
+	}{{"migration", b.Migration}, {"upload", b.Uploads}} {
+		for _, s := range list.specs {
+			if s.Path == "" && len(s.Query) == 0 {
+				return fmt.Errorf("plaintext_bridge: %s: give a path, query parameters, or both", list.field)
+			}
+			if s.Path != "" && !strings.HasPrefix(s.Path, "/") {
+				return fmt.Errorf("plaintext_bridge: %s: %q does not start with /", list.field, s.Path)
+			}
+		}
+	}
+	return nil
+}
+
+// ServeHTTP passes the request on or refuses it.
+func (b *PlaintextBridge) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	b.app.observeHeartbeat(r, true)
+	if matchAny(b.uploads, r) {
+		return b.refuse(w, r, http.StatusForbidden, bridgeLogUpload)
+	}
+	if r.ContentLength > b.MaxBody {
+		return b.refuse(w, r, http.StatusRequestEntityTooLarge, bridgeBodyTooLarge)
+	}
+	reason := b.decide(r)
+	switch reason {
+	case bridgeWindowOpen, bridgeMigration:
+	case bridgePathNotAllowed:
+		return b.refuse(w, r, http.StatusForbidden, reason)
+	default:
+		status := http.StatusUpgradeRequired
+		if b.OutsideWindow == outside403 {
+			status = http.StatusForbidden
+		}
+		return b.refuse(w, r, status, reason)
+	}
+	if r.Body != nil && r.Body != http.NoBody {
+		// A body of unknown length is cut at max_body.
+		r.Body = http.MaxBytesReader(w, r.Body, b.MaxBody)
+	}
+	b.results.WithLabelValues("passed", reason).Inc()
+	return next.ServeHTTP(w, r)
+}
+
+// decide returns why r passes (window_open, migration) or is refused.
+func (b *PlaintextBridge) decide(r *http.Request) string {
+	if b.app.windowOpen(b.app.now()) {
+		if matchAny(b.allow, r) {
+			return bridgeWindowOpen
+		}
+		return bridgePathNotAllowed
+	}
+	if b.OutsideWindow == outsideMigrate && matchAny(b.migration, r) {
+		return bridgeMigration
+	}
+	return bridgeOutsideWindow
+}
+
+func matchAny(ms []requestMatcher, r *http.Request) bool {
+	for _, m := range ms {
+		if m.match(r) {
+			return true
+		}
+	}
+	return false
+}
+
+// refuse answers status with a one-line body, logs why and counts it. 426
+// names the protocol to move to (RFC 9110 15.5.22, RFC 2817).
+func (b *PlaintextBridge) refuse(w http.ResponseWriter, r *http.Request, status int, reason string) error {
+	b.results.WithLabelValues("refused", reason).Inc()
+	b.logger.Info("plaintext request refused",
+		zap.String("reason", reason),
+		zap.Int("status", status),
+		zap.String("method", r.Method),
+		zap.String("path", r.URL.Path),
+		zap.String("client", b.app.clientID(r)),
+		zap.String("remote", r.RemoteAddr))
+	h := w.Header()
+	if status == http.StatusUpgradeRequired {
+		h.Set("Upgrade", "TLS/1.2")
+		h.Set("Connection", "Upgrade")
+	}
+	body := strconv.Itoa(status) + " " + http.StatusText(status) + ": " + bridgeRefusalText[reason] + "\n"
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	h.Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_, err := io.WriteString(w, body)
+	return err
+}
+
+var bridgeRefusalText = map[string]string{
+	bridgePathNotAllowed: "this path is not served over plain HTTP",
+	bridgeLogUpload:      "log uploads are not accepted over plain HTTP",
+	bridgeBodyTooLarge:   "request body too large for plain HTTP",
+	bridgeOutsideWindow:  "use HTTPS",
+}
+
+func parsePlaintextBridge(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	b := new(PlaintextBridge)
+	err := b.UnmarshalCaddyfile(h.Dispenser)
+	return b, err
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	plaintext_bridge [<matcher>] {
+//	    allow          <path> [<path>...]
+//	    migration      [<path>] [<param>=<value>...]
+//	    upload         [<path>] [<param>=<value>...]
+//	    outside_window migrate|426|403
+//	    max_body       <size>
+//	}
+//
+// allow, migration and upload may be repeated. A path matches
+// case-insensitively, a trailing * matches any rest; every <param>=<value>
+// must be in the query. upload replaces the default
+// (/secars/secars.dll action=log).
+func (b *PlaintextBridge) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next()
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		var err error
+		switch d.Val() {
+		case "allow":
+			b.Allow, err = appendArgs(d, b.Allow)
+		case "migration":
+			var s *RequestSpec
+			if s, err = unmarshalRequestSpec(d); err == nil {
+				b.Migration = append(b.Migration, *s)
+			}
+		case "upload":
+			var s *RequestSpec
+			if s, err = unmarshalRequestSpec(d); err == nil {
+				b.Uploads = append(b.Uploads, *s)
+			}
+		case "outside_window":
+			b.OutsideWindow, err = oneArg(d)
+		case "max_body":
+			b.MaxBody, err = sizeArg(d)
+		default:
+			return d.Errf("plaintext_bridge: unknown subdirective %q", d.Val())
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Interface guards.
+var (
+	_ caddy.Provisioner           = (*PlaintextBridge)(nil)
+	_ caddy.Validator             = (*PlaintextBridge)(nil)
+	_ caddyhttp.MiddlewareHandler = (*PlaintextBridge)(nil)
+	_ caddyfile.Unmarshaler       = (*PlaintextBridge)(nil)
+)
