@@ -1,0 +1,475 @@
+package caddymodule
+
+import (
+	"bytes"
+	"cmp"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/legacygate/legacygate/policyguard"
+)
+
+func init() {
+	caddy.RegisterModule(PackageGuard{})
+	httpcaddyfile.RegisterHandlerDirective("package_guard", parsePackageGuard)
+	httpcaddyfile.RegisterDirectiveOrder("package_guard", httpcaddyfile.Before, "invoke")
+}
+
+// Defaults and bounds of package_guard.
+const (
+	defaultPackageMaxSize   = 64 << 20
+	defaultSignatureSuffix  = ".p7s"
+	maxPackageSignatureSize = 1 << 20
+)
+
+// PackageGuard checks the manager's CMS (PKCS#7) detached signature on the
+// packages it serves, and forwards only packages that verify (module
+// http.handlers.package_guard).
+//
+// For every request it handles (scope it with a matcher, for example
+// /epm/packages/*), it lets the rest of the chain (reverse_proxy) answer into
+// a buffer of at most max_size bytes. A 2xx package is then checked against
+// its detached signature: by default the manager's sidecar file, the same
+// path with signature_suffix (".p7s") appended, fetched with a GET through
+// the same chain; with signature_header, the base64 value of that response
+// header instead. The signer must be one of the pinned upstream_cert
+// certificates, or issued by one. A package that verifies is forwarded byte
+// for byte; anything else in scope (no signature, a signature that does not
+// verify, a body cut short, compressed, partial or over max_size) is refused
+// with a 502 and none of the manager's bytes reach the client.
+//
+// Passed through unchanged: requests for the signature files themselves, and
+// non-2xx responses (a client installs nothing from an error).
+type PackageGuard struct {
+	// UpstreamCerts are PEM files holding the manager certificates whose keys
+	// may sign packages.
+	UpstreamCerts []string `json:"upstream_certs,omitempty"`
+
+	// SignatureHeader, if set, is the response header carrying the base64
+	// detached signature; no sidecar file is fetched.
+	SignatureHeader string `json:"signature_header,omitempty"`
+
+	// SignatureSuffix is appended to a package's path to fetch its detached
+	// signature. Default ".p7s".
+	SignatureSuffix string `json:"signature_suffix,omitempty"`
+
+	// AllowSHA1 accepts SHA-1 digests, for managers that sign with them.
+	AllowSHA1 bool `json:"allow_sha1,omitempty"`
+
+	// IgnoreExpiry accepts pinned certificates outside their validity dates.
+	IgnoreExpiry bool `json:"ignore_expiry,omitempty"`
+
+	// MaxSize is the largest package buffered for verification, in bytes.
+	// A larger one in scope is refused. Default 64 MiB.
+	MaxSize int64 `json:"max_size,omitempty"`
+
+	verifier *policyguard.DetachedVerifier
+	pinned   []string
+	logger   *zap.Logger
+	results  *prometheus.CounterVec
+}
+
+// CaddyModule returns the Caddy module information.
+func (PackageGuard) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.package_guard",
+		New: func() caddy.Module { return new(PackageGuard) },
+	}
+}
+
+// Package guard results and reasons, the values of the metric labels.
+const (
+	pkgResultVerified = "verified"
+	pkgResultPassed   = "passed"
+	pkgResultRefused  = "refused"
+
+	pkgReasonVerified         = "verified"
+	pkgReasonSignatureFile    = "signature_file"
+	pkgReasonStatus           = "status"
+	pkgReasonTooLarge         = "too_large"
+	pkgReasonIncomplete       = "incomplete"
+	pkgReasonContentEncoding  = "content_encoding"
+	pkgReasonPartialContent   = "partial_content"
+	pkgReasonMissingSignature = "missing_signature"
+	pkgReasonBadSignatureEnc  = "bad_signature_encoding"
+	pkgReasonUpstream         = "upstream_error"
+	pkgReasonSignature        = "bad_signature" // or the verifier's reason: untrusted_key, digest_mismatch, malformed_cms, …
+)
+
+var packageGuardResults = prometheus.NewCounterVec(prometheus.CounterOpts{
+	Name: "legacygate_package_guard_results_total",
+	Help: "Responses handled by package_guard, by result (verified, passed, refused) and reason.",
+}, []string{"result", "reason"})
+
+// Provision loads the pinned certificates and registers the metric.
+func (g *PackageGuard) Provision(ctx caddy.Context) error {
+	g.logger = ctx.Logger()
+	if g.SignatureSuffix == "" {
+		g.SignatureSuffix = defaultSignatureSuffix
+	}
+	if g.MaxSize == 0 {
+		g.MaxSize = defaultPackageMaxSize
+	}
+	if err := g.Validate(); err != nil {
+		return err
+	}
+	var err error
+	if g.results, err = registerCollector(ctx.GetMetricsRegistry(), packageGuardResults); err != nil {
+		return err
+	}
+	pinned, err := policyguard.LoadCertificates(g.UpstreamCerts...)
+	if err != nil {
+		return fmt.Errorf("package_guard: upstream_cert: %w", err)
+	}
+	g.verifier, err = policyguard.NewDetachedVerifier(pinned, policyguard.VerifyOptions{
+		AllowSHA1:    g.AllowSHA1,
+		IgnoreExpiry: g.IgnoreExpiry,
+		MaxBytes:     g.MaxSize,
+	})
+	if err != nil {
+		return fmt.Errorf("package_guard: upstream_cert: %w", err)
+	}
+	g.pinned = make([]string, len(pinned))
+	for i, c := range pinned {
+		g.pinned[i] = policyguard.Fingerprint(c)
+	}
+	return nil
+}
+
+// Validate checks the configuration; each error names its field.
+func (g *PackageGuard) Validate() error {
+	switch {
+	case len(g.UpstreamCerts) == 0:
+		return errors.New("package_guard: upstream_cert: at least one manager certificate file is required")
+	case g.MaxSize < 0:
+		return fmt.Errorf("package_guard: max_size: %d is negative", g.MaxSize)
+	case g.SignatureHeader != "" && !pkgHeaderName(g.SignatureHeader):
+		return fmt.Errorf("package_guard: signature_header: %q is not a header name", g.SignatureHeader)
+	case g.SignatureSuffix != "" && (strings.ContainsAny(g.SignatureSuffix, "/?# \t") || !strings.HasPrefix(g.SignatureSuffix, ".")):
+		return fmt.Errorf("package_guard: signature_suffix: %q must start with '.' and hold no '/', '?', '#' or space", g.SignatureSuffix)
+	}
+	return nil
+}
+
+// validHeaderName accepts RFC 9110 token characters.
+func pkgHeaderName(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c <= ' ' || c >= 0x7f || strings.IndexByte(`"(),/:;<=>?@[\]{}`, c) >= 0 {
+			return false
+		}
+	}
+	return s != ""
+}
+
+// ServeHTTP buffers the package, fetches and checks its signature, and
+// writes the package only when it verifies.
+func (g *PackageGuard) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if g.SignatureHeader == "" && strings.HasSuffix(r.URL.Path, g.SignatureSuffix) {
+		g.count(pkgResultPassed, pkgReasonSignatureFile)
+		return next.ServeHTTP(w, r)
+	}
+	pkg, err := g.fetch(packageRequest(r, ""), next, g.MaxSize)
+	if err != nil {
+		return g.fail(w, r, pkg, err)
+	}
+	if !pkgIs2xx(pkg.status) {
+		g.count(pkgResultPassed, pkgReasonStatus)
+		return pkg.forward(w, r)
+	}
+	if err := checkPackage(pkg); err != nil {
+		return g.refuse(w, r, pkg, err)
+	}
+	sig, err := g.signature(r, pkg, next)
+	if err != nil {
+		return g.fail(w, r, pkg, err)
+	}
+	if err := g.verifier.Verify(pkg.body.Bytes(), sig); err != nil {
+		return g.refuse(w, r, pkg, &refusal{cmp.Or(policyguard.Reason(err), pkgReasonSignature), err})
+	}
+	g.count(pkgResultVerified, pkgReasonVerified)
+	return pkg.forward(w, r)
+}
+
+// packageRequest is the request the chain answers: r itself for the
+// package, or a GET of r's path with suffix appended for its signature.
+// Either way the manager is asked for the whole body in identity encoding.
+func packageRequest(r *http.Request, suffix string) *http.Request {
+	up := r
+	if suffix != "" || r.Method == http.MethodHead {
+		up = r.Clone(r.Context())
+	}
+	if r.Method == http.MethodHead {
+		up.Method = http.MethodGet
+	}
+	if suffix != "" {
+		up.Method = http.MethodGet
+		up.Body, up.ContentLength = http.NoBody, 0
+		up.URL.Path += suffix
+		if up.URL.RawPath != "" {
+			up.URL.RawPath += suffix
+		}
+		up.RequestURI = up.URL.RequestURI()
+	}
+	h := up.Header
+	h.Set("Accept-Encoding", "identity")
+	for _, k := range []string{"Range", "If-Range", "If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since"} {
+		delete(h, k)
+	}
+	return up
+}
+
+// fetch runs the rest of the chain for req into a buffer of at most limit
+// bytes. reverse_proxy reports a body that failed mid-copy by panicking with
+// http.ErrAbortHandler; that is recovered here and reported as incomplete.
+func (g *PackageGuard) fetch(req *http.Request, next caddyhttp.Handler, limit int64) (rec *packageRecorder, err error) {
+	rec = &packageRecorder{header: make(http.Header), limit: limit}
+	defer func() {
+		if v := recover(); v != nil {
+			if v != http.ErrAbortHandler { //nolint:errorlint // the sentinel is panicked, not wrapped
+				panic(v)
+			}
+			err = &refusal{pkgReasonIncomplete, errors.New("the upstream response body ended early")}
+		}
+	}()
+	err = next.ServeHTTP(rec, req)
+	switch {
+	case rec.tooLarge:
+		return rec, &refusal{pkgReasonTooLarge, fmt.Errorf("body over %d bytes", limit)}
+	case err != nil && rec.status == 0:
+		return rec, err // nothing arrived: Caddy's error handling answers
+	case err != nil:
+		return rec, &refusal{pkgReasonIncomplete, fmt.Errorf("upstream: %w", err)}
+	}
+	if rec.status == 0 {
+		rec.status = http.StatusOK
+	}
+	return rec, nil
+}
+
+// checkPackage refuses the transport-level problems of a buffered 2xx package.
+func checkPackage(rec *packageRecorder) error {
+	if rec.status == http.StatusPartialContent {
+		return &refusal{pkgReasonPartialContent, errors.New("manager answered 206 Partial Content although no range was asked")}
+	}
+	if ce := rec.header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
+		return &refusal{pkgReasonContentEncoding, fmt.Errorf("manager sent Content-Encoding %q although identity was asked", ce)}
+	}
+	if cl := rec.header.Get("Content-Length"); cl != "" && cl != strconv.Itoa(rec.body.Len()) {
+		return &refusal{pkgReasonIncomplete, fmt.Errorf("manager promised Content-Length %s and sent %d bytes", cl, rec.body.Len())}
+	}
+	return nil
+}
+
+// signature returns the package's detached signature, from the response
+// header or the sidecar file.
+func (g *PackageGuard) signature(r *http.Request, pkg *packageRecorder, next caddyhttp.Handler) ([]byte, error) {
+	if g.SignatureHeader != "" {
+		v := strings.TrimSpace(pkg.header.Get(g.SignatureHeader))
+		if v == "" {
+			return nil, &refusal{pkgReasonMissingSignature, fmt.Errorf("no %s header", g.SignatureHeader)}
+		}
+		if len(v) > base64.StdEncoding.EncodedLen(maxPackageSignatureSize) {
+			return nil, &refusal{pkgReasonTooLarge, fmt.Errorf("%s header of %d bytes", g.SignatureHeader, len(v))}
+		}
+		sig, err := base64.StdEncoding.DecodeString(v)
+		if err != nil {
+			return nil, &refusal{pkgReasonBadSignatureEnc, fmt.Errorf("%s header: %w", g.SignatureHeader, err)}
+		}
+		return sig, nil
+	}
+	rec, err := g.fetch(packageRequest(r, g.SignatureSuffix), next, maxPackageSignatureSize)
+	if err != nil {
+		var ref *refusal
+		if errors.As(err, &ref) {
+			ref.err = fmt.Errorf("signature %s%s: %w", r.URL.Path, g.SignatureSuffix, ref.err)
+		}
+		return nil, err
+	}
+	if rec.status != http.StatusOK {
+		return nil, &refusal{pkgReasonMissingSignature, fmt.Errorf("signature %s%s: manager answered %d", r.URL.Path, g.SignatureSuffix, rec.status)}
+	}
+	if err := checkPackage(rec); err != nil {
+		return nil, err
+	}
+	return rec.body.Bytes(), nil
+}
+
+func pkgIs2xx(status int) bool { return status >= 200 && status < 300 }
+
+func (g *PackageGuard) count(result, reason string) {
+	g.results.WithLabelValues(result, reason).Inc()
+}
+
+// fail refuses a response, or hands an upstream error that came before any
+// response (the manager unreachable, a timeout) to Caddy's error handling,
+// which answers 502 or 504 and logs it. Either way nothing of the package
+// reaches the client.
+func (g *PackageGuard) fail(w http.ResponseWriter, r *http.Request, pkg *packageRecorder, err error) error {
+	var ref *refusal
+	if errors.As(err, &ref) {
+		return g.refuse(w, r, pkg, err)
+	}
+	g.count(pkgResultRefused, pkgReasonUpstream)
+	return err
+}
+
+// refuse answers 502 with a short body, logs why, and counts it. The client
+// gets none of the manager's headers or bytes.
+func (g *PackageGuard) refuse(w http.ResponseWriter, r *http.Request, pkg *packageRecorder, err error) error {
+	reason := pkgReasonSignature
+	var ref *refusal
+	if errors.As(err, &ref) {
+		reason = ref.reason
+	}
+	g.count(pkgResultRefused, reason)
+	g.logger.Warn("package refused",
+		zap.String("reason", reason),
+		zap.String("path", r.URL.Path),
+		zap.Int("upstream_status", pkg.status),
+		zap.Int("upstream_bytes", pkg.body.Len()),
+		zap.Strings("pinned", g.pinned),
+		zap.Error(err),
+	)
+	h := w.Header()
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("Content-Length", strconv.Itoa(len(packageRefusalBody)))
+	h.Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusBadGateway)
+	_, werr := io.WriteString(w, packageRefusalBody)
+	return werr
+}
+
+// packageRefusalBody is all a client learns of a refusal; the reason is in the log.
+const packageRefusalBody = "502 Bad Gateway: the manager's package was refused by the gateway\n"
+
+// packageRecorder holds a response, headers and at most limit bytes of body.
+type packageRecorder struct {
+	header   http.Header
+	body     bytes.Buffer
+	limit    int64
+	status   int
+	tooLarge bool
+}
+
+func (rec *packageRecorder) Header() http.Header { return rec.header }
+
+// WriteHeader records the final status; informational ones are dropped.
+func (rec *packageRecorder) WriteHeader(status int) {
+	if rec.status != 0 || status < 200 {
+		return
+	}
+	rec.status = status
+	if cl, err := strconv.ParseInt(rec.header.Get("Content-Length"), 10, 64); err == nil && cl > rec.limit {
+		rec.tooLarge = true
+	}
+}
+
+func (rec *packageRecorder) Write(p []byte) (int, error) {
+	rec.WriteHeader(http.StatusOK)
+	if rec.tooLarge || int64(rec.body.Len())+int64(len(p)) > rec.limit {
+		rec.tooLarge = true
+		return 0, errors.New("package_guard: response body over max_size")
+	}
+	return rec.body.Write(p)
+}
+
+// forward writes the held response unchanged: headers (trailers left out),
+// status, and the bytes, with a Content-Length counted from them; no body
+// for HEAD.
+func (rec *packageRecorder) forward(w http.ResponseWriter, r *http.Request) error {
+	h := w.Header()
+	copyResponseHeader(h, rec.header)
+	if rec.status != http.StatusNoContent && rec.status != http.StatusNotModified {
+		h.Set("Content-Length", strconv.Itoa(rec.body.Len()))
+	}
+	w.WriteHeader(rec.status)
+	if r.Method == http.MethodHead || rec.body.Len() == 0 {
+		return nil
+	}
+	_, err := w.Write(rec.body.Bytes())
+	return err
+}
+
+func parsePackageGuard(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	g := new(PackageGuard)
+	err := g.UnmarshalCaddyfile(h.Dispenser)
+	return g, err
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	package_guard [<matcher>] {
+//	    upstream_cert    <file> [<file>...]
+//	    signature_header <header>
+//	    signature_suffix <suffix>
+//	    allow_sha1
+//	    ignore_expiry
+//	    max_size         <size>
+//	}
+//
+// upstream_cert may be repeated; its lists add up. Without signature_header
+// the signature is fetched from the package's path plus signature_suffix
+// (default .p7s). Sizes take units (64MiB) or plain bytes. For example:
+//
+//	package_guard /epm/packages/* {
+//	    upstream_cert /etc/legacygate/manager.crt
+//	}
+func (g *PackageGuard) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next()
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		var err error
+		switch d.Val() {
+		case "upstream_cert":
+			g.UpstreamCerts, err = appendArgs(d, g.UpstreamCerts)
+		case "signature_header":
+			g.SignatureHeader, err = pkgSingleArg(d)
+		case "signature_suffix":
+			g.SignatureSuffix, err = pkgSingleArg(d)
+		case "allow_sha1":
+			g.AllowSHA1, err = true, noArgs(d)
+		case "ignore_expiry":
+			g.IgnoreExpiry, err = true, noArgs(d)
+		case "max_size":
+			g.MaxSize, err = sizeArg(d)
+		default:
+			return d.Errf("package_guard: unknown subdirective %q", d.Val())
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func pkgSingleArg(d *caddyfile.Dispenser) (string, error) {
+	field := d.Val()
+	args := d.RemainingArgs()
+	if len(args) != 1 {
+		return "", d.Errf("%s: want exactly one value", field)
+	}
+	return args[0], nil
+}
+
+// Interface guards.
+var (
+	_ caddy.Provisioner           = (*PackageGuard)(nil)
+	_ caddy.Validator             = (*PackageGuard)(nil)
+	_ caddyhttp.MiddlewareHandler = (*PackageGuard)(nil)
+	_ caddyfile.Unmarshaler       = (*PackageGuard)(nil)
+)

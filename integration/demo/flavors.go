@@ -1,0 +1,642 @@
+package demo
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"text/template"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/smallstep/pkcs7"
+
+	"github.com/legacygate/legacygate/integration/certs"
+	"github.com/legacygate/legacygate/integration/manager"
+)
+
+// Flavors `legacygate demo --flavor` accepts besides sepm.
+const (
+	flavorCheckpoint   = "checkpoint"
+	flavorPolicyServer = "policyserver"
+)
+
+// flavorDemo is the demo for the Check Point-style and PolicyServer-style
+// managers: the manager, the gateway configured like examples/<flavor>.Caddyfile,
+// and a script of requests.
+type flavorDemo struct {
+	out        io.Writer
+	flavor     string
+	dir        string
+	removeDir  bool
+	mgr        *manager.Manager
+	gwPort     int
+	httpPort   int
+	gatewayURL string
+	gateway    *http.Client
+	oldSigner  []byte // PEM of the manager's certificate before its key changed
+	failed     int
+}
+
+// runFlavor is run for a flavor other than sepm.
+func runFlavor(flavor string, once bool, dir string) (int, error) {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	d, err := setupFlavor(flavor, dir, os.Stdout)
+	if err != nil {
+		return 1, err
+	}
+	defer d.close()
+	failed := d.runSteps(ctx)
+	if once {
+		if failed > 0 {
+			return 1, fmt.Errorf("%d demo step(s) did not behave as expected", failed)
+		}
+		return 0, nil
+	}
+	fmt.Fprintf(d.out, "\nThe gateway keeps serving at %s (manager at %s). Press Ctrl-C to stop.\n", d.gatewayURL, d.managerURL())
+	<-ctx.Done()
+	fmt.Fprintf(d.out, "stopping\n")
+	return 0, nil
+}
+
+// setupFlavor starts the flavor's manager and loads the gateway.
+func setupFlavor(flavor, dir string, out io.Writer) (*flavorDemo, error) {
+	tmpl, ok := flavorTemplates[flavor]
+	if !ok {
+		return nil, fmt.Errorf("--flavor: %q is not one of sepm, %s, %s", flavor, flavorCheckpoint, flavorPolicyServer)
+	}
+	d := &flavorDemo{out: out, flavor: flavor, dir: dir}
+	if d.dir == "" {
+		tmp, err := os.MkdirTemp("", "legacygate-demo-")
+		if err != nil {
+			return nil, fmt.Errorf("making the demo folder: %w", err)
+		}
+		d.dir, d.removeDir = tmp, true
+	} else if err := os.MkdirAll(d.dir, 0o700); err != nil {
+		return nil, fmt.Errorf("making the demo folder %s: %w", d.dir, err)
+	}
+	if err := d.start(tmpl); err != nil {
+		d.close()
+		return nil, err
+	}
+	return d, nil
+}
+
+func (d *flavorDemo) start(tmpl *template.Template) error {
+	cfg := manager.Config{Flavor: d.flavor, HTTPAddr: "127.0.0.1:0"}
+	if d.flavor == flavorCheckpoint {
+		cfg = manager.Config{
+			Flavor: d.flavor, HTTPSAddr: "127.0.0.1:0",
+			TLSMin: tls.VersionTLS10, TLSMax: tls.VersionTLS10, Cert: certs.SHA1, Sign: manager.SignRSASHA1,
+			ProfileSize: 64 << 10,
+		}
+	}
+	mgr, err := manager.New(cfg)
+	if err != nil {
+		return fmt.Errorf("creating the emulated manager: %w", err)
+	}
+	if err := mgr.Start(); err != nil {
+		return fmt.Errorf("starting the emulated manager: %w", err)
+	}
+	d.mgr = mgr
+	if d.gwPort, err = freePort(); err != nil {
+		return err
+	}
+	if d.httpPort, err = freePort(); err != nil {
+		return err
+	}
+	d.gatewayURL = fmt.Sprintf("https://127.0.0.1:%d", d.gwPort)
+	fmt.Fprintf(d.out, "legacygate demo (%s): everything on 127.0.0.1, files in %s\n\n", d.flavor, d.dir)
+	if d.flavor == flavorCheckpoint {
+		fmt.Fprintf(d.out, "  manager  %s  TLS 1.0 only, SHA-1 self-signed certificate, pin %s\n", d.managerURL(), mgr.Pin())
+	} else {
+		fmt.Fprintf(d.out, "  manager  %s  plain HTTP SOAP (MAWebService2)\n", d.managerURL())
+	}
+	fmt.Fprintf(d.out, "  gateway  %s  TLS 1.2 and 1.3 only (Caddy's internal CA)\n\n", d.gatewayURL)
+	return d.loadGateway(tmpl, d.mgr.Pair().CertPEM())
+}
+
+func (d *flavorDemo) managerURL() string {
+	if a := d.mgr.Addrs(); a.HTTPS != "" {
+		return "https://" + a.HTTPS
+	}
+	return "http://" + d.mgr.Addrs().HTTP
+}
+
+// loadGateway writes the package signer's certificate and the Caddyfile
+// (with the manager's current pin), adapts it and loads it into this
+// process's Caddy.
+func (d *flavorDemo) loadGateway(tmpl *template.Template, signerPEM []byte) error {
+	mgrCert := filepath.Join(d.dir, "manager.crt")
+	if err := os.WriteFile(mgrCert, signerPEM, 0o644); err != nil {
+		return fmt.Errorf("writing %s: %w", mgrCert, err)
+	}
+	a := d.mgr.Addrs()
+	return loadCaddyfile(tmpl, map[string]any{
+		"Dir": d.dir, "Port": d.gwPort, "HTTPPort": d.httpPort,
+		"Manager": a.HTTPS + a.HTTP, "Pin": d.mgr.Pin(),
+	}, filepath.Join(d.dir, "Caddyfile"))
+}
+
+func (d *flavorDemo) close() {
+	if err := caddy.Stop(); err != nil {
+		fmt.Fprintf(d.out, "stopping the gateway: %v\n", err)
+	}
+	if d.mgr != nil {
+		d.mgr.Close()
+	}
+	if d.removeDir {
+		os.RemoveAll(d.dir)
+	}
+}
+
+// runSteps runs the flavor's script and returns how many steps misbehaved.
+func (d *flavorDemo) runSteps(ctx context.Context) int {
+	steps := []step{
+		{"a TLS 1.0 client goes to the gateway", d.oldTLS(tls.VersionTLS10)},
+		{"a TLS 1.1 client goes to the gateway", d.oldTLS(tls.VersionTLS11)},
+	}
+	if d.flavor == flavorCheckpoint {
+		steps = append(steps, d.checkpointSteps()...)
+	} else {
+		steps = append(steps, d.policyServerSteps()...)
+	}
+	for i, s := range steps {
+		if ctx.Err() != nil {
+			fmt.Fprintf(d.out, "interrupted\n")
+			return d.failed + 1
+		}
+		what, err := s.run(ctx)
+		mark := "ok  "
+		if err != nil {
+			mark, what = "FAIL", err.Error()
+			d.failed++
+		}
+		fmt.Fprintf(d.out, "%2d. [%s] %s\n        %s\n", i+1, mark, s.name, what)
+	}
+	fmt.Fprintf(d.out, "\n%d of %d steps behaved as expected.\n", len(steps)-d.failed, len(steps))
+	return d.failed
+}
+
+func (d *flavorDemo) oldTLS(version uint16) func(context.Context) (string, error) {
+	return func(ctx context.Context) (string, error) {
+		if _, err := d.send(ctx, http.MethodGet, "/", nil, nil); err != nil {
+			return "", err // waits until the gateway's certificate is issued
+		}
+		dialer := &tls.Dialer{Config: &tls.Config{MinVersion: version, MaxVersion: version, InsecureSkipVerify: true}}
+		conn, err := dialer.DialContext(ctx, "tcp", net.JoinHostPort("127.0.0.1", fmt.Sprint(d.gwPort)))
+		if err == nil {
+			conn.Close()
+			return "", fmt.Errorf("the gateway accepted %s", tls.VersionName(version))
+		}
+		return "refused: " + err.Error(), nil
+	}
+}
+
+// flavorResult is one answer of the gateway.
+type flavorResult struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+// send makes one request through the gateway, retrying briefly while the
+// gateway's certificate is being issued at start.
+func (d *flavorDemo) send(ctx context.Context, method, path string, header map[string]string, body []byte) (flavorResult, error) {
+	client, err := d.gatewayClient()
+	if err != nil {
+		return flavorResult{}, err
+	}
+	var lastErr error
+	for range 20 {
+		req, err := http.NewRequestWithContext(ctx, method, d.gatewayURL+path, bytes.NewReader(body))
+		if err != nil {
+			return flavorResult{}, fmt.Errorf("building request %s: %w", path, err)
+		}
+		for k, v := range header {
+			req.Header.Set(k, v)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			lastErr = err
+			time.Sleep(250 * time.Millisecond)
+			continue
+		}
+		data, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			return flavorResult{}, fmt.Errorf("reading %s: %w", path, err)
+		}
+		return flavorResult{resp.StatusCode, resp.Header, data}, nil
+	}
+	return flavorResult{}, fmt.Errorf("gateway unreachable: %w", lastErr)
+}
+
+func (d *flavorDemo) gatewayClient() (*http.Client, error) {
+	if d.gateway != nil {
+		return d.gateway, nil
+	}
+	rootFile := filepath.Join(d.dir, "caddy", "pki", "authorities", "local", "root.crt")
+	var pem []byte
+	var err error
+	for range 20 { // the internal CA is made when the config loads
+		if pem, err = os.ReadFile(rootFile); err == nil {
+			break
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading the gateway's CA root %s: %w", rootFile, err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("no certificate in %s", rootFile)
+	}
+	d.gateway = &http.Client{
+		Timeout:   10 * time.Second,
+		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}},
+	}
+	return d.gateway, nil
+}
+
+func (d *flavorDemo) checkpointSteps() []step {
+	return []step{
+		{"a stock TLS 1.2+ client goes straight to the manager", d.cpStockToManager},
+		{"heartbeat through the gateway", d.cpHeartbeat},
+		{"encrypted policy blob through the gateway", d.cpPolicy},
+		{"client package through the gateway, its .p7s checked by the gateway", d.cpPackage(http.StatusOK)},
+		{"a heartbeat storm from one endpoint", d.cpStorm},
+		{"the manager regenerates its key (the accident that orphans clients)", d.cpRegenerate},
+		{"heartbeat through the gateway (old pin still loaded)", d.cpHeartbeatStatus("EP-DEMO-2", http.StatusBadGateway)},
+		{"the administrator pins the manager's new TLS key (legacy_tls) and reloads", d.cpRepin(false)},
+		{"heartbeat through the gateway again", d.cpHeartbeatStatus("EP-DEMO-3", http.StatusOK)},
+		{"client package through the gateway (package signer not pinned yet)", d.cpPackage(http.StatusBadGateway)},
+		{"the administrator pins the new package signer (package_guard) and reloads", d.cpRepin(true)},
+		{"client package through the gateway again", d.cpPackage(http.StatusOK)},
+	}
+}
+
+func (d *flavorDemo) cpStockToManager(ctx context.Context) (string, error) {
+	dialer := &tls.Dialer{Config: &tls.Config{MinVersion: tls.VersionTLS12}}
+	conn, err := dialer.DialContext(ctx, "tcp", d.mgr.Addrs().HTTPS)
+	if err == nil {
+		conn.Close()
+		return "", errors.New("the manager accepted a TLS 1.2 handshake; the demo manager should be TLS 1.0 only")
+	}
+	return "refused, as Caddy's stock transport is: " + err.Error(), nil
+}
+
+func (d *flavorDemo) heartbeatHeader(id string) map[string]string {
+	return map[string]string{manager.CPEndpointHeader: id, "Content-Type": "text/plain"}
+}
+
+func (d *flavorDemo) cpHeartbeat(ctx context.Context) (string, error) {
+	r, err := d.send(ctx, http.MethodPost, manager.CPHeartbeatPath, d.heartbeatHeader("EP-DEMO-1"), []byte("status=ok"))
+	if err != nil {
+		return "", err
+	}
+	var hb manager.CPHeartbeat
+	if r.status != http.StatusOK || json.Unmarshal(r.body, &hb) != nil {
+		return "", fmt.Errorf("got %d %q, want 200 and the heartbeat answer", r.status, truncate(r.body))
+	}
+	return fmt.Sprintf("200 over TLS 1.2+, manager reached over TLS 1.0 with the pinned SHA-1 certificate: interval %d s, policy %s", hb.Interval, hb.PolicyVersion), nil
+}
+
+func (d *flavorDemo) cpPolicy(ctx context.Context) (string, error) {
+	r, err := d.send(ctx, http.MethodGet, manager.CPPolicyPrefix+manager.CPBlades[0], nil, nil)
+	if err != nil {
+		return "", err
+	}
+	if r.status != http.StatusOK || r.header.Get("Content-Type") != "application/octet-stream" {
+		return "", fmt.Errorf("got %d %s, want 200 application/octet-stream", r.status, r.header.Get("Content-Type"))
+	}
+	return fmt.Sprintf("200, %d bytes of AES-GCM ciphertext passed through unchanged", len(r.body)), nil
+}
+
+func (d *flavorDemo) cpPackage(want int) func(context.Context) (string, error) {
+	return func(ctx context.Context) (string, error) {
+		path := manager.CPPackagePrefix + manager.CPPackages[0]
+		r, err := d.send(ctx, http.MethodGet, path, nil, nil)
+		if err != nil {
+			return "", err
+		}
+		if r.status != want {
+			return "", fmt.Errorf("got %d %q, want %d", r.status, truncate(r.body), want)
+		}
+		if want != http.StatusOK {
+			reason, err := d.lastRefusal()
+			if err != nil {
+				return "", err
+			}
+			return "502: package_guard refused it (" + reason + "); nothing of it reached the client (degraded, not orphaned)", nil
+		}
+		sig, err := d.send(ctx, http.MethodGet, path+manager.CPSignatureSuffix, nil, nil)
+		if err != nil {
+			return "", err
+		}
+		if err := verifyDetached(r.body, sig.body, d.mgr.SigningCert()); err != nil {
+			return "", fmt.Errorf("the forwarded package does not verify: %w", err)
+		}
+		return fmt.Sprintf("200, %d bytes, byte for byte what the manager signed (signer %s)", len(r.body), d.mgr.SigningCert().Subject.CommonName), nil
+	}
+}
+
+// verifyDetached checks a CMS detached signature by trusted's key.
+func verifyDetached(content, p7s []byte, trusted *x509.Certificate) error {
+	p7, err := pkcs7.Parse(p7s)
+	if err != nil {
+		return err
+	}
+	if s := p7.GetOnlySigner(); s == nil || !bytes.Equal(s.RawSubjectPublicKeyInfo, trusted.RawSubjectPublicKeyInfo) {
+		return errors.New("signed by another key")
+	}
+	p7.Content = content
+	return p7.Verify()
+}
+
+func (d *flavorDemo) cpStorm(ctx context.Context) (string, error) {
+	var ok, limited int
+	var retryAfter string
+	for range 6 {
+		r, err := d.send(ctx, http.MethodPost, manager.CPHeartbeatPath, d.heartbeatHeader("EP-DEMO-STORM"), nil)
+		if err != nil {
+			return "", err
+		}
+		switch r.status {
+		case http.StatusOK:
+			ok++
+		case http.StatusServiceUnavailable, http.StatusTooManyRequests:
+			limited++
+			retryAfter = r.header.Get("Retry-After")
+		default:
+			return "", fmt.Errorf("heartbeat got %d", r.status)
+		}
+	}
+	if limited == 0 || retryAfter == "" {
+		return "", fmt.Errorf("6 heartbeats: %d allowed, %d limited; want some limited with Retry-After", ok, limited)
+	}
+	return fmt.Sprintf("6 heartbeats at once from one X-Endpoint-Id: %d reached the manager, %d answered 503 with Retry-After: %s s", ok, limited, retryAfter), nil
+}
+
+func (d *flavorDemo) cpRegenerate(context.Context) (string, error) {
+	d.oldSigner = d.mgr.Pair().CertPEM()
+	if err := d.mgr.Regenerate(); err != nil {
+		return "", fmt.Errorf("regenerating: %w", err)
+	}
+	return "new key and certificate, pin now " + d.mgr.Pin(), nil
+}
+
+// cpHeartbeatStatus sends a heartbeat from endpoint id and expects status.
+// The first heartbeat after a key change may still ride a connection the
+// gateway opened before it (the manager closes those after one more
+// response), so a second one is sent when the first did not get want.
+func (d *flavorDemo) cpHeartbeatStatus(id string, want int) func(context.Context) (string, error) {
+	return func(ctx context.Context) (string, error) {
+		var r flavorResult
+		var err error
+		for range 2 {
+			if r, err = d.send(ctx, http.MethodPost, manager.CPHeartbeatPath, d.heartbeatHeader(id), nil); err != nil || r.status == want {
+				break
+			}
+		}
+		if err != nil {
+			return "", err
+		}
+		if r.status != want {
+			return "", fmt.Errorf("got %d %q, want %d", r.status, truncate(r.body), want)
+		}
+		if want != http.StatusOK {
+			return "502: legacy_tls refuses the manager's new, unpinned certificate (the endpoint retries: degraded, not orphaned)", nil
+		}
+		return "200: the manager is reached again over TLS 1.0", nil
+	}
+}
+
+// cpRepin reloads the gateway with the manager's current pin and, with
+// signer, its current certificate as the package signer; without, the
+// package signer stays the old certificate.
+func (d *flavorDemo) cpRepin(signer bool) func(context.Context) (string, error) {
+	return func(context.Context) (string, error) {
+		cert := d.oldSigner
+		if signer {
+			cert = d.mgr.Pair().CertPEM()
+		}
+		if err := d.loadGateway(flavorTemplates[d.flavor], cert); err != nil {
+			return "", err
+		}
+		if signer {
+			return "manager.crt (upstream_cert) replaced by the new certificate, config reloaded", nil
+		}
+		return "pin " + d.mgr.Pin() + " written, config reloaded; manager.crt still holds the old certificate", nil
+	}
+}
+
+// lastRefusal is the reason of the gateway's latest "package refused" log line.
+func (d *flavorDemo) lastRefusal() (string, error) {
+	logFile := filepath.Join(d.dir, "gateway.log")
+	data, err := os.ReadFile(logFile)
+	if err != nil {
+		return "", fmt.Errorf("reading %s: %w", logFile, err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		var entry struct {
+			Msg    string `json:"msg"`
+			Reason string `json:"reason"`
+		}
+		if json.Unmarshal([]byte(lines[i]), &entry) == nil && entry.Msg == "package refused" {
+			return "log: reason " + entry.Reason, nil
+		}
+	}
+	return "", fmt.Errorf("no \"package refused\" line in %s", logFile)
+}
+
+func (d *flavorDemo) policyServerSteps() []step {
+	return []step{
+		{"a SOAP CheckIn through the gateway", d.psCheckIn},
+		{"the same message sent again (a replay)", d.psReplay},
+		{"a message with a DOCTYPE (entity tricks)", d.psDoctype},
+		{"a check-in storm from one DeviceID", d.psStorm},
+		{"the manager fails in the middle of a request", d.psAbort},
+	}
+}
+
+func (d *flavorDemo) soap(ctx context.Context, device string, body []byte, action string) (flavorResult, error) {
+	if body == nil {
+		body, action = manager.BuildPSRequest(manager.PSRequest{Operation: "CheckIn", DeviceID: device, MessageID: manager.NewMessageID(), Payload: []byte("ciphertext")})
+	}
+	return d.send(ctx, http.MethodPost, manager.PSPath, map[string]string{"SOAPAction": action, "Content-Type": "text/xml; charset=utf-8"}, body)
+}
+
+func (d *flavorDemo) psCheckIn(ctx context.Context) (string, error) {
+	r, err := d.soap(ctx, "DEV-DEMO-1", nil, "")
+	if err != nil {
+		return "", err
+	}
+	answer, err := manager.ParsePSResponse(r.body, "CheckIn")
+	if r.status != http.StatusOK || err != nil {
+		return "", fmt.Errorf("got %d (%v), want 200 and a SOAP answer", r.status, err)
+	}
+	return fmt.Sprintf("200 over TLS 1.2+, manager reached over plain HTTP: policy %s", answer.PolicyVersion), nil
+}
+
+func (d *flavorDemo) psReplay(ctx context.Context) (string, error) {
+	body, action := manager.BuildPSRequest(manager.PSRequest{Operation: "CheckIn", DeviceID: "DEV-DEMO-2", MessageID: manager.NewMessageID()})
+	if r, err := d.soap(ctx, "", body, action); err != nil || r.status != http.StatusOK {
+		return "", fmt.Errorf("first send: %d %v", r.status, err)
+	}
+	r, err := d.soap(ctx, "", body, action)
+	if err != nil {
+		return "", err
+	}
+	if _, perr := manager.ParsePSResponse(r.body, "CheckIn"); r.status != http.StatusInternalServerError || perr == nil {
+		return "", fmt.Errorf("got %d, want the manager's SOAP fault for a replay", r.status)
+	}
+	return "500 SOAP fault from the manager: keys are single-use, so the gateway never retries or replays", nil
+}
+
+func (d *flavorDemo) psDoctype(ctx context.Context) (string, error) {
+	before := d.mgr.Requests(manager.CountPSRequest)
+	body, action := manager.BuildPSRequest(manager.PSRequest{Operation: "CheckIn", DeviceID: "DEV-DEMO-3", MessageID: manager.NewMessageID()})
+	body = bytes.Replace(body, []byte("?>"), []byte(`?><!DOCTYPE x [<!ENTITY a "aaaaaaaaaa">]>`), 1)
+	r, err := d.soap(ctx, "", body, action)
+	if err != nil {
+		return "", err
+	}
+	if r.status != http.StatusBadRequest || d.mgr.Requests(manager.CountPSRequest) != before {
+		return "", fmt.Errorf("got %d, manager saw %d requests; want 400 and none", r.status, d.mgr.Requests(manager.CountPSRequest)-before)
+	}
+	return "400 from xml_guard; the manager never saw it", nil
+}
+
+func (d *flavorDemo) psStorm(ctx context.Context) (string, error) {
+	var ok, limited int
+	for range 8 {
+		r, err := d.soap(ctx, "DEV-DEMO-STORM", nil, "")
+		if err != nil {
+			return "", err
+		}
+		switch r.status {
+		case http.StatusOK:
+			ok++
+		case http.StatusServiceUnavailable, http.StatusTooManyRequests:
+			limited++
+		default:
+			return "", fmt.Errorf("check-in got %d", r.status)
+		}
+	}
+	if limited == 0 {
+		return "", fmt.Errorf("8 check-ins: all %d allowed; want some limited", ok)
+	}
+	return fmt.Sprintf("8 check-ins at once from one <DeviceID>: %d reached the manager, %d answered 503", ok, limited), nil
+}
+
+func (d *flavorDemo) psAbort(ctx context.Context) (string, error) {
+	d.mgr.SetFault(manager.Fault{Abort: true})
+	defer d.mgr.SetFault(manager.Fault{})
+	before := d.mgr.Requests(manager.CountPSRequest)
+	r, err := d.soap(ctx, "DEV-DEMO-4", nil, "")
+	if err != nil {
+		return "", err
+	}
+	time.Sleep(300 * time.Millisecond) // a retry would have arrived by now
+	attempts := d.mgr.Requests(manager.CountPSRequest) - before
+	if r.status != http.StatusBadGateway || attempts != 1 {
+		return "", fmt.Errorf("got %d, manager saw %d attempts; want 502 and exactly one", r.status, attempts)
+	}
+	return "502 to the client; the manager received the request once (no retry, lb_retries 0)", nil
+}
+
+// flavorTemplates are the gateway configurations: examples/<flavor>.Caddyfile
+// on loopback ports with Caddy's internal CA.
+var flavorTemplates = map[string]*template.Template{
+	flavorCheckpoint: template.Must(template.New("checkpoint").Parse(flavorGlobals + `
+https://127.0.0.1:{{.Port}} {
+	tls internal {
+		protocols tls1.2 tls1.3
+	}
+	header -Server
+	@endpoint path /epm/*
+	handle @endpoint {
+		heartbeat_limit /epm/heartbeat {
+			key {header.X-Endpoint-Id}
+			rate 1/30s
+			burst 3
+			status 503
+		}
+		package_guard /epm/packages/* {
+			upstream_cert {{.Dir}}/manager.crt
+			allow_sha1
+		}
+		reverse_proxy {{.Manager}} {
+			transport legacy_tls {
+				pin {{.Pin}}
+				min_version tls1.0
+			}
+			header_down -Server
+			header_down -X-Powered-By
+		}
+	}
+	handle {
+		respond 404
+	}
+}
+`)),
+	flavorPolicyServer: template.Must(template.New("policyserver").Parse(flavorGlobals + `
+https://127.0.0.1:{{.Port}} {
+	tls internal {
+		protocols tls1.2 tls1.3
+	}
+	header -Server
+	@service path /MAWebService2/MAWebService2.asmx
+	handle @service {
+		xml_guard {
+			max_size 1MiB
+			max_depth 64
+			max_elements 10000
+			roots Envelope
+		}
+		heartbeat_limit {
+			key xml_body DeviceID
+			rate 1/30s
+			burst 5
+			status 503
+		}
+		reverse_proxy {{.Manager}} {
+			lb_retries 0
+			header_down -Server
+			header_down -X-Powered-By
+		}
+	}
+	handle {
+		respond 404
+	}
+}
+`)),
+}
+
+const flavorGlobals = `{
+	admin off
+	persist_config off
+	skip_install_trust
+	storage file_system {{.Dir}}/caddy
+	http_port {{.HTTPPort}}
+	https_port {{.Port}}
+	log {
+		output file {{.Dir}}/gateway.log
+		format json
+	}
+}
+`
