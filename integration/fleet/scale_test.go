@@ -57,41 +57,31 @@ func TestMemoryPerClientInSoakMode(t *testing.T) {
 	runtime.KeepAlive(f)
 }
 
-// 1,000 clients heartbeating every 1-2 s over TLS must run smoothly on a
-// small shared box: every one online, the fleet and its server using less
-// than 2 ms of CPU per heartbeat (TLS handshakes included), and heartbeats
-// starting less than 2 s late at the 99th percentile even when other
-// processes load the machine.
-func TestThousandClientsKeepTheirSchedule(t *testing.T) {
-	if testing.Short() || raceEnabled {
-		t.Skip("a timing test: runs 1,000 clients for 6 s, not under -short or -race")
-	}
-	a, _, _ := testPairs(t)
-	m := newFakeSEPM(t)
+// BenchmarkThousandClients runs 1,000 clients heartbeating every 1-2 s over
+// TLS against an in-test manager for 6 s and reports the CPU per heartbeat
+// (fleet and server together) and how late heartbeats start at the 99th
+// percentile: figures for a shared box, not pass/fail lines. Every client
+// must still end online. Run it with -benchtime 1x.
+func BenchmarkThousandClients(b *testing.B) {
+	a, _, _ := testPairs(b)
+	m := newFakeSEPM(b)
 	m.publishProfile(a)
 	const n = 1000
-	cfg := fastConfig(t, m.settings(a), n)
-	cfg.Interval, cfg.Randomize = time.Second, time.Second
-	f := newFleet(t, cfg)
-	cpuBefore := processCPU(t)
-	s := runUntil(t, f, 6*time.Second, func(Summary) bool { return false })
-	cpu := processCPU(t) - cpuBefore
-	perBeat := cpu / time.Duration(max(s.Heartbeats, 1))
-	t.Logf("%d clients, %.1f s: %d heartbeats (%.0f/s), CPU %v (%v per heartbeat, fleet and server), index p50 %.2f ms p99 %.2f ms, lag p99 %.1f ms",
-		n, s.ElapsedSeconds, s.Heartbeats, float64(s.Heartbeats)/s.ElapsedSeconds, cpu, perBeat, s.IndexP50Ms, s.IndexP99Ms, s.LagP99Ms)
-	if perBeat > 2*time.Millisecond {
-		t.Errorf("%v of CPU per heartbeat, want under 2 ms", perBeat)
-	}
-	checkPartition(t, s)
-	if s.Online != n || s.Orphaned != 0 || s.EverDegraded != 0 {
-		t.Errorf("%+v: want all %d online", s, n)
-	}
-	// At 1-2 s a client runs about 6 s / 1.5 s = 4 heartbeats.
-	if s.Heartbeats < 3*n {
-		t.Errorf("%d heartbeats in %.1f s, want at least %d", s.Heartbeats, s.ElapsedSeconds, 3*n)
-	}
-	if s.LagP99Ms > 2000 {
-		t.Errorf("heartbeats start %.0f ms late at p99, want under 2000 ms", s.LagP99Ms)
+	for range b.N {
+		cfg := fastConfig(b, m.settings(a), n)
+		cfg.Interval, cfg.Randomize = time.Second, time.Second
+		f := newFleet(b, cfg)
+		cpuBefore := processCPU(b)
+		s := runUntil(b, f, 6*time.Second, func(Summary) bool { return false })
+		cpu := processCPU(b) - cpuBefore
+		perBeat := cpu / time.Duration(max(s.Heartbeats, 1))
+		b.ReportMetric(float64(perBeat.Microseconds()), "cpu-µs/heartbeat")
+		b.ReportMetric(s.LagP99Ms, "lag-p99-ms")
+		b.ReportMetric(float64(s.Heartbeats)/s.ElapsedSeconds, "heartbeats/s")
+		checkPartition(b, s)
+		if s.Online != n || s.Orphaned != 0 || s.EverDegraded != 0 {
+			b.Errorf("%+v: want all %d online", s, n)
+		}
 	}
 }
 
