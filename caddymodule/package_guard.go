@@ -438,9 +438,9 @@ func (g *PackageGuard) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "upstream_cert":
 			g.UpstreamCerts, err = appendArgs(d, g.UpstreamCerts)
 		case "signature_header":
-			g.SignatureHeader, err = pkgSingleArg(d)
+			g.SignatureHeader, err = oneArg(d)
 		case "signature_suffix":
-			g.SignatureSuffix, err = pkgSingleArg(d)
+			g.SignatureSuffix, err = oneArg(d)
 		case "allow_sha1":
 			g.AllowSHA1, err = true, noArgs(d)
 		case "ignore_expiry":
@@ -455,15 +455,6 @@ func (g *PackageGuard) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 	}
 	return nil
-}
-
-func pkgSingleArg(d *caddyfile.Dispenser) (string, error) {
-	field := d.Val()
-	args := d.RemainingArgs()
-	if len(args) != 1 {
-		return "", d.Errf("%s: want exactly one value", field)
-	}
-	return args[0], nil
 }
 
 // Interface guards.
