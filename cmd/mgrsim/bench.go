@@ -19,7 +19,7 @@ import (
 
 func init() {
 	register("bench", command{
-		summary: "measure legacygate against stock Caddy and nginx on loopback (requests/s, latency, CPU, RSS)",
+		summary: "measure legacygate against stock Caddy, nginx and HAProxy on loopback (requests/s, latency, CPU, RSS)",
 		run: func(args []string) int {
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
@@ -38,30 +38,44 @@ func init() {
 
 // binaries are the flags that name the programs under test.
 type binaries struct {
-	legacygate, nginx string
-	noNginx           bool
+	legacygate, nginx, haproxy string
+	noNginx, noHAProxy         bool
 }
 
 func (b *binaries) flags(fs *flag.FlagSet) {
 	fs.StringVar(&b.legacygate, "legacygate", "", "legacygate binary (default: PATH, else built from the source tree)")
 	fs.StringVar(&b.nginx, "nginx", "", "nginx binary (default: PATH or sbin; installed with apt-get when missing and run as root)")
 	fs.BoolVar(&b.noNginx, "no-nginx", false, "leave nginx out")
+	fs.StringVar(&b.haproxy, "haproxy", "", "haproxy binary (default: PATH or sbin; installed with apt-get when missing and run as root)")
+	fs.BoolVar(&b.noHAProxy, "no-haproxy", false, "leave HAProxy out")
 }
 
-func (b *binaries) resolve(dir string, stderr io.Writer, wantNginx bool) error {
+// resolve finds the legacygate binary and, when withBaselines is set, nginx
+// and HAProxy (unless left out). Without it, only legacygate is looked up.
+func (b *binaries) resolve(dir string, stderr io.Writer, withBaselines bool) error {
 	var err error
 	if b.legacygate == "" {
 		if b.legacygate, err = bench.FindLegacygate(dir); err != nil {
 			return err
 		}
 	}
-	if wantNginx && !b.noNginx && b.nginx == "" {
-		if b.nginx, err = bench.FindNginx(stderr); err != nil {
-			return err
-		}
+	baselines := []struct {
+		bin  *string
+		skip bool
+		find func(io.Writer) (string, error)
+	}{
+		{&b.nginx, b.noNginx, bench.FindNginx},
+		{&b.haproxy, b.noHAProxy, bench.FindHAProxy},
 	}
-	if b.noNginx {
-		b.nginx = ""
+	for _, bl := range baselines {
+		switch {
+		case bl.skip:
+			*bl.bin = ""
+		case withBaselines && *bl.bin == "":
+			if *bl.bin, err = bl.find(stderr); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }
@@ -108,7 +122,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintln(stderr, "mgrsim bench:", err)
 		return 1
 	}
-	cfg.Legacygate, cfg.Nginx, cfg.Dir = bins.legacygate, bins.nginx, dir
+	cfg.Legacygate, cfg.Nginx, cfg.HAProxy, cfg.Dir = bins.legacygate, bins.nginx, bins.haproxy, dir
 	if !goOnly {
 		if wrk, err := exec.LookPath("wrk"); err == nil {
 			cfg.Wrk = wrk

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -15,26 +16,35 @@ import (
 	"github.com/legacygate/legacygate/integration/harness"
 )
 
-// nginxArgs is --no-nginx when nginx is absent outside CI; under CI nginx
-// must be installed and the test fails without it.
-func nginxArgs(t *testing.T) []string {
+// baselineArgs is --no-TOOL when the baseline tool is absent outside CI;
+// under CI it must be installed and the test fails without it.
+func baselineArgs(t *testing.T, tool string) []string {
 	t.Helper()
-	for _, p := range []string{"nginx", "/usr/sbin/nginx"} {
+	for _, p := range []string{tool, "/usr/sbin/" + tool} {
 		if _, err := exec.LookPath(p); err == nil {
 			return nil
 		}
 	}
 	if os.Getenv("CI") == "true" {
-		t.Fatal("nginx is not installed; CI must install it (apt-get install -y nginx)")
+		t.Fatalf("%s is not installed; CI must install it (apt-get install -y %s)", tool, tool)
 	}
-	t.Log("nginx is not installed: benchmarking without it")
-	return []string{"--no-nginx"}
+	t.Logf("%s is not installed: benchmarking without it", tool)
+	return []string{"--no-" + tool}
 }
 
 func TestBenchCommandShortRunPrintsEveryPathAndRatio(t *testing.T) {
 	bin := harness.Binary(t)
-	extra := nginxArgs(t)
-	args := append([]string{"--legacygate", bin, "--duration", "1s", "--rounds", "1", "--connections", "4", "--json"}, extra...)
+	wantTargets := []string{bench.TargetGateway, bench.TargetGatewayTLS10, bench.TargetCaddy}
+	args := []string{"--legacygate", bin, "--duration", "1s", "--rounds", "1", "--connections", "4", "--json"}
+	for _, b := range []struct{ tool, target string }{{"nginx", bench.TargetNginx}, {"haproxy", bench.TargetHAProxy}} {
+		if extra := baselineArgs(t, b.tool); extra != nil {
+			args = append(args, extra...)
+		} else {
+			wantTargets = append(wantTargets, b.target)
+		}
+	}
+	// Each gateway target against each baseline: caddy and the tools present.
+	wantRatios := 2 * (len(wantTargets) - 2)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	var stdout, stderr bytes.Buffer
@@ -44,11 +54,6 @@ func TestBenchCommandShortRunPrintsEveryPathAndRatio(t *testing.T) {
 	var rep bench.Report
 	if err := json.Unmarshal(stdout.Bytes(), &rep); err != nil {
 		t.Fatalf("output is not a JSON report: %v\n%s", err, stdout.String())
-	}
-	wantTargets := []string{bench.TargetGateway, bench.TargetGatewayTLS10, bench.TargetCaddy, bench.TargetNginx}
-	wantRatios := 4
-	if len(extra) > 0 {
-		wantTargets, wantRatios = wantTargets[:3], 2
 	}
 	if len(rep.Paths) != len(bench.AllPaths) {
 		t.Fatalf("%d paths measured, want %v", len(rep.Paths), bench.AllPaths)
@@ -74,6 +79,13 @@ func TestBenchCommandShortRunPrintsEveryPathAndRatio(t *testing.T) {
 		if len(p.Ratios) != wantRatios {
 			t.Errorf("path %s: %d ratios, want %d", p.Path, len(p.Ratios), wantRatios)
 		}
+		for _, g := range wantTargets[:2] {
+			for _, b := range wantTargets[2:] {
+				if !hasRatio(p.Ratios, g, b) {
+					t.Errorf("path %s: no ratio %s / %s", p.Path, g, b)
+				}
+			}
+		}
 		for _, q := range p.Ratios {
 			if q.RPS <= 0 || q.CPU <= 0 || q.PeakRSS <= 0 {
 				t.Errorf("path %s: ratio %s/%s not computed: %+v", p.Path, q.Target, q.Baseline, q)
@@ -82,6 +94,41 @@ func TestBenchCommandShortRunPrintsEveryPathAndRatio(t *testing.T) {
 	}
 	if rep.Machine.CPUs <= 0 || rep.Machine.LoadBefore == "" {
 		t.Errorf("machine not described: %+v", rep.Machine)
+	}
+	if rep.Machine.WithNginx != slices.Contains(wantTargets, bench.TargetNginx) || rep.Machine.WithHAProxy != slices.Contains(wantTargets, bench.TargetHAProxy) {
+		t.Errorf("machine says nginx %v, haproxy %v; targets %v", rep.Machine.WithNginx, rep.Machine.WithHAProxy, wantTargets)
+	}
+}
+
+func hasRatio(rs []bench.Ratio, target, baseline string) bool {
+	return slices.ContainsFunc(rs, func(r bench.Ratio) bool { return r.Target == target && r.Baseline == baseline })
+}
+
+func TestBinariesResolveFindsBaselinesOnlyWhenAsked(t *testing.T) {
+	tests := []struct {
+		name          string
+		bins          binaries
+		withBaselines bool
+		wantNginx     string
+		wantHAProxy   string
+	}{
+		{"legacygate only", binaries{}, false, "", ""},
+		{"given binaries kept", binaries{nginx: "/opt/nginx", haproxy: "/opt/haproxy"}, true, "/opt/nginx", "/opt/haproxy"},
+		{"no-nginx drops a given nginx", binaries{nginx: "/opt/nginx", haproxy: "/opt/haproxy", noNginx: true}, true, "", "/opt/haproxy"},
+		{"no-haproxy drops a given haproxy", binaries{nginx: "/opt/nginx", haproxy: "/opt/haproxy", noHAProxy: true}, true, "/opt/nginx", ""},
+		{"both left out", binaries{noNginx: true, noHAProxy: true}, true, "", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := tt.bins
+			b.legacygate = "/bin/true"
+			if err := b.resolve(t.TempDir(), io.Discard, tt.withBaselines); err != nil {
+				t.Fatal(err)
+			}
+			if b.legacygate != "/bin/true" || b.nginx != tt.wantNginx || b.haproxy != tt.wantHAProxy {
+				t.Errorf("resolved legacygate %q, nginx %q, haproxy %q; want /bin/true, %q, %q", b.legacygate, b.nginx, b.haproxy, tt.wantNginx, tt.wantHAProxy)
+			}
+		})
 	}
 }
 
@@ -94,7 +141,7 @@ func TestBenchCommandRejectsBadFlags(t *testing.T) {
 	}{
 		{"stray argument", []string{"extra"}, 2, "unexpected argument"},
 		{"unknown flag", []string{"--nope"}, 2, "flag provided but not defined"},
-		{"unknown path", []string{"--legacygate", "/bin/true", "--no-nginx", "--paths", "heartbeat,bogus"}, 1, `unknown path "bogus"`},
+		{"unknown path", []string{"--legacygate", "/bin/true", "--no-nginx", "--no-haproxy", "--paths", "heartbeat,bogus"}, 1, `unknown path "bogus"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

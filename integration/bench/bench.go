@@ -1,18 +1,19 @@
 // Package bench measures legacygate against what an administrator would
-// otherwise put in front of a manager, stock Caddy's reverse_proxy and nginx,
-// on loopback, and soaks one gateway with a large simulated fleet.
+// otherwise put in front of a manager, stock Caddy's reverse_proxy, nginx and
+// HAProxy, on loopback, and soaks one gateway with a large simulated fleet.
 //
 // Run measures the gateway (a real `legacygate run` process with
 // heartbeat_limit, policy_guard and the legacy_tls transport), stock Caddy
-// (the same binary, a Caddyfile of stock directives only) and nginx, driven
-// alternately round after round so a busy machine hurts them alike.
+// (the same binary, a Caddyfile of stock directives only), nginx and HAProxy,
+// driven alternately round after round so a busy machine hurts them alike.
 //
-// Fairness: stock Caddy and nginx cannot reach a TLS 1.0 / SHA-1 manager at
-// all, so the comparison runs against one emulated manager speaking TLS 1.2
-// with a modern certificate, reached by all three (the gateway through
-// legacy_tls with the pin, the others verifying the certificate). The
-// gateway in front of a TLS 1.0 / SHA-1 manager ("legacygate-tls10") is
-// measured in the same rounds and reported beside them.
+// Fairness: stock Caddy, nginx and HAProxy cannot reach a TLS 1.0 / SHA-1
+// manager at all, so the comparison runs against one emulated manager
+// speaking TLS 1.2 with a modern certificate, reached by all four (the
+// gateway through legacy_tls with the pin, the others verifying the
+// certificate and its name). The gateway in front of a TLS 1.0 / SHA-1
+// manager ("legacygate-tls10") is measured in the same rounds and reported
+// beside them.
 package bench
 
 import (
@@ -50,6 +51,7 @@ const (
 	TargetGatewayTLS10 = "legacygate-tls10"
 	TargetCaddy        = "caddy"
 	TargetNginx        = "nginx"
+	TargetHAProxy      = "haproxy"
 )
 
 // Config is one benchmark run.
@@ -58,6 +60,8 @@ type Config struct {
 	Legacygate string
 	// Nginx is the nginx binary; empty leaves nginx out.
 	Nginx string
+	// HAProxy is the haproxy binary; empty leaves HAProxy out.
+	HAProxy string
 	// Wrk is the wrk binary for the keep-alive paths; empty uses the Go
 	// generator. The handshake path always uses the Go generator.
 	Wrk string
@@ -87,12 +91,13 @@ type Report struct {
 
 // Machine describes where the figures come from.
 type Machine struct {
-	CPUs       int    `json:"cpus"`
-	Model      string `json:"model"`
-	LoadBefore string `json:"load_average_before"`
-	LoadAfter  string `json:"load_average_after"`
-	GoVersion  string `json:"go_version"`
-	WithNginx  bool   `json:"nginx"`
+	CPUs        int    `json:"cpus"`
+	Model       string `json:"model"`
+	LoadBefore  string `json:"load_average_before"`
+	LoadAfter   string `json:"load_average_after"`
+	GoVersion   string `json:"go_version"`
+	WithNginx   bool   `json:"nginx"`
+	WithHAProxy bool   `json:"haproxy"`
 }
 
 // PathReport is one path's figures per target, and the gateway's ratios.
@@ -187,6 +192,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	rep := &Report{Duration: cfg.Duration.String(), Rounds: cfg.Rounds, Connections: cfg.Connections,
 		Machine: machine()}
 	rep.Machine.WithNginx = cfg.Nginx != ""
+	rep.Machine.WithHAProxy = cfg.HAProxy != ""
 
 	lab, err := startLab(cfg)
 	if lab != nil {
@@ -291,20 +297,30 @@ func startLab(cfg Config) (*lab, error) {
 			return l, err
 		}
 	}
-	if cfg.Nginx != "" {
+	baselines := []struct {
+		name, bin string
+		start     func(bin, dir, upstream string, port int, f front, managerCert string) (*process, error)
+	}{
+		{TargetNginx, cfg.Nginx, startNginx},
+		{TargetHAProxy, cfg.HAProxy, startHAProxy},
+	}
+	for _, b := range baselines {
+		if b.bin == "" {
+			continue
+		}
 		port, err := freePort()
 		if err != nil {
 			return l, err
 		}
 		base := fmt.Sprintf("https://127.0.0.1:%d", port)
-		fmt.Fprintf(cfg.Log, "bench: starting nginx on %s\n", base)
-		p, err := startNginx(cfg.Nginx, filepath.Join(cfg.Dir, TargetNginx), modern.Addrs().HTTPS, port, fr, modernCert)
+		fmt.Fprintf(cfg.Log, "bench: starting %s on %s\n", b.name, base)
+		p, err := b.start(b.bin, filepath.Join(cfg.Dir, b.name), modern.Addrs().HTTPS, port, fr, modernCert)
 		if err != nil {
 			return l, err
 		}
-		t := &target{name: TargetNginx, proc: p, base: base}
+		t := &target{name: b.name, proc: p, base: base}
 		l.targets = append(l.targets, t)
-		if t.hostID, err = register(modern, "bench-nginx"); err != nil {
+		if t.hostID, err = register(modern, "bench-"+b.name); err != nil {
 			return l, err
 		}
 	}
@@ -437,6 +453,9 @@ func (l *lab) measure(ctx context.Context, cfg Config, path string) (PathReport,
 	return pr, nil
 }
 
+// baselineNames are the targets the gateway is compared with.
+var baselineNames = []string{TargetCaddy, TargetNginx, TargetHAProxy}
+
 // ratios compares each gateway target with each baseline.
 func ratios(ts []TargetReport) []Ratio {
 	var out []Ratio
@@ -445,7 +464,7 @@ func ratios(ts []TargetReport) []Ratio {
 			continue
 		}
 		for _, b := range ts {
-			if b.Name != TargetCaddy && b.Name != TargetNginx {
+			if !slices.Contains(baselineNames, b.Name) {
 				continue
 			}
 			out = append(out, Ratio{Target: g.Name, Baseline: b.Name,

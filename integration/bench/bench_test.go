@@ -1,11 +1,18 @@
 package bench
 
 import (
+	"crypto/tls"
+	"fmt"
 	"image/png"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/legacygate/legacygate/integration/certs"
+	"github.com/legacygate/legacygate/integration/manager"
 )
 
 const wrkSample = `Running 2s test @ https://127.0.0.1:40000/secars/secars.dll?action=index&hostid=AB
@@ -107,5 +114,100 @@ func TestProcTreeReadsThisProcess(t *testing.T) {
 	rss, err := p.rss()
 	if err != nil || rss <= 0 {
 		t.Fatalf("rss = %v, %v", rss, err)
+	}
+}
+
+// haproxyBin is the installed haproxy; the test skips without it outside CI
+// and fails under CI=true.
+func haproxyBin(t *testing.T) string {
+	t.Helper()
+	bin, err := lookPath("haproxy")
+	if err == nil {
+		return bin
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("haproxy is not installed; CI must install it (apt-get install -y haproxy): %v", err)
+	}
+	t.Skipf("haproxy is not installed: %v", err)
+	return ""
+}
+
+func TestHAProxyBaselineVerifiesTheManagerCertificate(t *testing.T) {
+	bin := haproxyBin(t)
+	m, err := startManager(tls.VersionTLS12, tls.VersionTLS12, certs.Modern, manager.SignRSASHA256, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	dir := t.TempDir()
+	fr, err := newFront(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	managerCert, err := writeFile(dir, "manager.crt", m.Pair().CertPEM())
+	if err != nil {
+		t.Fatal(err)
+	}
+	stranger, err := certs.New(certs.Modern, managerName, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	strangerCert, err := writeFile(dir, "stranger.crt", stranger.CertPEM())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name       string
+		trust      string
+		serverName string
+		want       int
+	}{
+		{"manager trusted under its name", managerCert, managerName, http.StatusOK},
+		{"another certificate trusted", strangerCert, managerName, http.StatusServiceUnavailable},
+		{"manager trusted under another name", managerCert, "other.legacygate.test", http.StatusServiceUnavailable},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			port, err := freePort()
+			if err != nil {
+				t.Fatal(err)
+			}
+			p, err := launchHAProxy(bin, filepath.Join(dir, fmt.Sprint(i)), m.Addrs().HTTPS, port, fr, tt.trust, tt.serverName)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer p.stop()
+			code := firstStatus(t, p, fmt.Sprintf("https://127.0.0.1:%d%s", port, helloPath))
+			if code != tt.want {
+				t.Errorf("status %d, want %d", code, tt.want)
+			}
+			if n := len(p.tree().pids()); n < 2 {
+				t.Errorf("HAProxy's process tree has %d processes, want its master and a worker", n)
+			}
+		})
+	}
+}
+
+// firstStatus is the status of the first answer url gives once p listens.
+func firstStatus(t *testing.T, p *process, url string) int {
+	t.Helper()
+	client := insecureClient(1, false)
+	defer client.CloseIdleConnections()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := client.Get(url)
+		if err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			return resp.StatusCode
+		}
+		select {
+		case <-p.done:
+			t.Fatalf("haproxy exited: %v\n%s", p.err, p.logs.String())
+		case <-time.After(100 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no answer from %s: %v\n%s", url, err, p.logs.String())
+		}
 	}
 }

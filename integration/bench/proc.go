@@ -14,7 +14,8 @@ import (
 // 100 on every Linux architecture Go supports.
 const clockTicks = 100
 
-// procTree is a process and its descendants (nginx's master and workers).
+// procTree is a process and its descendants (nginx's master and workers,
+// HAProxy's master and worker).
 // Every figure below sums over the tree as it is when asked.
 type procTree struct{ pid int }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/url"
@@ -13,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -30,8 +32,9 @@ const (
 )
 
 // FindLegacygate returns the legacygate binary to benchmark: the one in PATH,
-// else one built from this module's ./cmd/legacygate into dir (when run from
-// inside the module's source tree).
+// else one built from this module's ./cmd/legacygate into dir/bin (when run
+// from inside the module's source tree; dir/legacygate is the gateway
+// target's own directory).
 func FindLegacygate(dir string) (string, error) {
 	if p, err := exec.LookPath("legacygate"); err == nil {
 		return p, nil
@@ -41,7 +44,7 @@ func FindLegacygate(dir string) (string, error) {
 	if err != nil || gomod == "" || gomod == os.DevNull {
 		return "", errors.New("no legacygate in PATH and not inside the legacygate source tree to build one: pass --legacygate")
 	}
-	bin := filepath.Join(dir, "legacygate")
+	bin := filepath.Join(dir, "bin", "legacygate")
 	cmd := exec.Command("go", "build", "-o", bin, "./cmd/legacygate")
 	cmd.Dir = filepath.Dir(gomod)
 	if out, err := cmd.CombinedOutput(); err != nil {
@@ -52,20 +55,81 @@ func FindLegacygate(dir string) (string, error) {
 
 // FindNginx returns nginx from PATH (or /usr/sbin). When it is missing and
 // this process runs as root, it installs the OS package first.
-func FindNginx(log io.Writer) (string, error) {
-	if p, err := lookPath("nginx"); err == nil {
+func FindNginx(log io.Writer) (string, error) { return findOrInstall(log, "nginx", "--no-nginx") }
+
+// FindHAProxy returns haproxy from PATH (or /usr/sbin). When it is missing
+// and this process runs as root, it installs the OS package first.
+func FindHAProxy(log io.Writer) (string, error) {
+	return findOrInstall(log, "haproxy", "--no-haproxy")
+}
+
+// findOrInstall looks the command name up and, as root, installs the OS
+// package of the same name when it is missing. optOut is the flag that
+// leaves the tool out.
+func findOrInstall(log io.Writer, name, optOut string) (string, error) {
+	if p, err := lookPath(name); err == nil {
 		return p, nil
 	}
 	if os.Geteuid() != 0 {
-		return "", errors.New("nginx is not installed and this is not root: install it (apt-get install -y nginx) or pass --no-nginx")
+		return "", fmt.Errorf("%s is not installed and this is not root: install it (apt-get install -y %s) or pass %s", name, name, optOut)
 	}
-	fmt.Fprintln(log, "bench: installing nginx (apt-get install -y nginx)")
-	cmd := exec.Command("apt-get", "install", "-y", "nginx")
+	fmt.Fprintf(log, "bench: installing %s (apt-get install -y %s)\n", name, name)
+	if err := aptInstall(name); err != nil {
+		return "", err
+	}
+	return lookPath(name)
+}
+
+// aptInstall installs an OS package without starting its service (nginx
+// would listen on :80), refreshing the package lists once if the first try
+// fails.
+func aptInstall(pkg string) error {
+	allow, err := denyServiceStarts()
+	if err != nil {
+		return err
+	}
+	defer allow()
+	out, err := aptGet("install", "-y", pkg)
+	if err != nil {
+		if _, uerr := aptGet("update"); uerr == nil {
+			out, err = aptGet("install", "-y", pkg)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("apt-get install -y %s: %w\n%s", pkg, err, out)
+	}
+	return nil
+}
+
+func aptGet(args ...string) ([]byte, error) {
+	cmd := exec.Command("apt-get", args...)
 	cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("apt-get install -y nginx: %w\n%s", err, out)
+	return cmd.CombinedOutput()
+}
+
+// policyRC is the Debian hook invoke-rc.d asks before starting a service.
+const policyRC = "/usr/sbin/policy-rc.d"
+
+// denyServiceStarts puts a policy-rc.d that refuses every service start in
+// place, as .ci/run does, unless the system already has one; the returned
+// function removes the one it wrote.
+func denyServiceStarts() (func(), error) {
+	f, err := os.OpenFile(policyRC, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o755)
+	if errors.Is(err, fs.ErrExist) {
+		return func() {}, nil
 	}
-	return lookPath("nginx")
+	if err != nil {
+		return nil, fmt.Errorf("writing %s to keep the package's service stopped: %w", policyRC, err)
+	}
+	_, err = f.WriteString("#!/bin/sh\nexit 101\n")
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(policyRC)
+		return nil, fmt.Errorf("writing %s to keep the package's service stopped: %w", policyRC, err)
+	}
+	return func() { os.Remove(policyRC) }, nil
 }
 
 // lookPath is exec.LookPath that also looks in the sbin directories, which a
@@ -273,6 +337,79 @@ func startNginx(bin, dir, upstream string, port int, f front, managerCert string
 		return nil, fmt.Errorf("%w\nerror.log:\n%s", err, data)
 	}
 	return p, nil
+}
+
+// haproxyConfig is nginxConfig's equivalent: HTTP/1.1 and TLS 1.2+ to
+// clients with the same certificate, TLS to the manager verifying its
+// certificate and name, idle upstream connections reused by any client
+// (http-reuse always), a thread per CPU, nothing logged.
+const haproxyConfig = `global
+	nbthread %[1]d
+	maxconn 8192
+	pidfile %[2]s/haproxy.pid
+
+defaults
+	mode http
+	option http-keep-alive
+	timeout connect 5s
+	timeout client 75s
+	timeout server 60s
+	timeout http-request 10s
+	timeout http-keep-alive 75s
+
+frontend gateway
+	bind 127.0.0.1:%[3]d ssl crt %[4]s alpn http/1.1 ssl-min-ver TLSv1.2
+	default_backend manager
+
+backend manager
+	http-reuse always
+	server manager %[5]s ssl verify required ca-file %[6]s sni str(%[7]s) verifyhost %[7]s
+`
+
+// startHAProxy runs HAProxy with haproxyConfig and waits until it answers.
+func startHAProxy(bin, dir, upstream string, port int, f front, managerCert string) (*process, error) {
+	p, err := launchHAProxy(bin, dir, upstream, port, f, managerCert, managerName)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.waitReady(fmt.Sprintf("https://127.0.0.1:%d", port)); err != nil {
+		p.stop()
+		return nil, err
+	}
+	return p, nil
+}
+
+// launchHAProxy runs HAProxy as a foreground master with one worker (-W -db),
+// its config, combined certificate and pidfile in dir, expecting serverName
+// in the manager's certificate.
+func launchHAProxy(bin, dir, upstream string, port int, f front, managerCert, serverName string) (*process, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	pem, err := combinedPEM(dir, f)
+	if err != nil {
+		return nil, err
+	}
+	conf := filepath.Join(dir, "haproxy.cfg")
+	text := fmt.Sprintf(haproxyConfig, runtime.NumCPU(), dir, port, pem, upstream, managerCert, serverName)
+	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
+		return nil, err
+	}
+	return startProcess("haproxy", dir, bin, "-W", "-db", "-f", conf)
+}
+
+// combinedPEM writes the front's certificate and key into one file, the form
+// HAProxy's crt wants.
+func combinedPEM(dir string, f front) (string, error) {
+	cert, err := os.ReadFile(f.certFile)
+	if err != nil {
+		return "", err
+	}
+	key, err := os.ReadFile(f.keyFile)
+	if err != nil {
+		return "", err
+	}
+	return writeFile(dir, "front.pem", append(append(cert, '\n'), key...))
 }
 
 // startManager runs an emulated SEPM-style manager on loopback.
