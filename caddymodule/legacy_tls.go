@@ -1,18 +1,23 @@
 package caddymodule
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"net/http/httptrace"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
@@ -195,11 +200,18 @@ func (l *LegacyTLS) verifyPin(cs tls.ConnectionState) error {
 }
 
 // RoundTrip is the http transport's, and explains pin mismatches in the log
-// with the upstream's address (the handshake itself does not know it).
+// with the upstream's address (the handshake itself does not know it). A
+// small request body of known length leaves with the headers in one write
+// (see coalesceBody).
 func (l *LegacyTLS) RoundTrip(req *http.Request) (*http.Response, error) {
-	resp, err := l.HTTPTransport.RoundTrip(req)
-	var mismatch *PinMismatchError
-	if errors.As(err, &mismatch) {
+	out, body := l.coalesceBody(req)
+	resp, err := l.HTTPTransport.RoundTrip(out)
+	if body != nil {
+		if readErr := body.finish(); readErr != nil && err != nil {
+			err = fmt.Errorf("legacy_tls: reading the request body: %w", readErr)
+		}
+	}
+	if mismatch, ok := errors.AsType[*PinMismatchError](err); ok {
 		l.logger.Error("upstream certificate does not match any pin",
 			zap.String("upstream", req.URL.Host),
 			zap.Strings("expected_pins", mismatch.Expected),
@@ -208,6 +220,86 @@ func (l *LegacyTLS) RoundTrip(req *http.Request) (*http.Response, error) {
 			zap.String("tls_version", tls.VersionName(mismatch.Version)))
 	}
 	return resp, err
+}
+
+// coalesceBody lets a request's headers and body leave in one write, one
+// TLS record. Go's transport flushes the headers on their own before
+// copying a body it cannot tell is in memory, so a heartbeat's few hundred
+// bytes would cost a second record and syscall. A body of known length that
+// fits the write buffer is therefore read whole as soon as a connection to
+// the manager is ready (not before: when the dial fails, the body is left
+// unread and reverse_proxy can retry another upstream), and handed to the
+// transport from memory. Bodies of unknown or larger length, and requests
+// with Expect, incremental forwarding or a GetBody of their own, are passed
+// as they are. If the body cannot be read, nothing is sent: the headers'
+// Content-Length is not met, and the transport closes the connection
+// without flushing them.
+func (l *LegacyTLS) coalesceBody(req *http.Request) (*http.Request, *bufferedBody) {
+	limit := int64(l.WriteBufferSize)
+	if limit <= 0 {
+		limit = defaultWriteBuffer
+	}
+	if req.ContentLength <= 0 || req.ContentLength > limit || req.Body == nil || req.Body == http.NoBody ||
+		req.GetBody != nil || len(req.TransferEncoding) > 0 ||
+		req.Header.Get("Expect") != "" || caddyhttp.IsIncremental(req.Header) {
+		return req, nil
+	}
+	body := &bufferedBody{src: req.Body, size: int(req.ContentLength)}
+	body.trace.GotConn = body.gotConn
+	out := req.WithContext(httptrace.WithClientTrace(req.Context(), &body.trace))
+	out.Body = io.NopCloser(&body.reader)
+	return out, body
+}
+
+// defaultWriteBuffer is the size of Go's transport write buffer when the
+// http transport's write_buffer is not set.
+const defaultWriteBuffer = 4 << 10
+
+// bufferedBody is a request body read whole once the connection is ready.
+type bufferedBody struct {
+	src    io.ReadCloser
+	size   int
+	reader bytes.Reader          // what the transport copies from
+	trace  httptrace.ClientTrace // calls gotConn
+
+	mu   sync.Mutex
+	used bool  // read, or given up by finish
+	err  error // why the read failed
+}
+
+// gotConn reads the body into reader; on error reader stays empty. It
+// reads at most once, and not after finish.
+func (b *bufferedBody) gotConn(httptrace.GotConnInfo) {
+	b.mu.Lock()
+	if b.used {
+		b.mu.Unlock()
+		return
+	}
+	b.used = true
+	b.mu.Unlock()
+	buf := make([]byte, b.size)
+	_, err := io.ReadFull(b.src, buf)
+	b.src.Close()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if err != nil {
+		b.err = err
+		return
+	}
+	b.reader.Reset(buf)
+}
+
+// finish closes a body no connection was found for (a RoundTripper always
+// closes the body; reverse_proxy's wrapper keeps an unread one for a retry)
+// and returns why reading it failed, if it did.
+func (b *bufferedBody) finish() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.used {
+		b.used = true
+		b.src.Close()
+	}
+	return b.err
 }
 
 // PinMismatchError is the handshake error when the upstream's key is not pinned.

@@ -1,15 +1,21 @@
 package caddymodule
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -268,10 +274,332 @@ func TestLegacyTLSVerifyPinNeedsACertificate(t *testing.T) {
 	}
 }
 
+// recordManager is a TLS 1.2 upstream that counts the application-data
+// records clients send and the requests that reach its handler. Each
+// handler call first announces itself on started, then reads the whole body.
+type recordManager struct {
+	addr     string
+	pin      string
+	records  atomic.Int64
+	requests atomic.Int64
+	started  chan struct{}
+	bodies   chan []byte
+}
+
+func newRecordManager(t *testing.T) *recordManager {
+	t.Helper()
+	pair, err := certs.New(certs.Modern, "manager.test", 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &recordManager{pin: pair.Pin(), started: make(chan struct{}, 16), bodies: make(chan []byte, 16)}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsLn := tls.NewListener(recordCountingListener{ln, &m.records}, &tls.Config{
+		Certificates: []tls.Certificate{pair.TLS()}, MaxVersion: tls.VersionTLS12,
+	})
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		m.requests.Add(1)
+		m.started <- struct{}{}
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		m.bodies <- body
+		io.WriteString(w, "ok")
+	}), ReadHeaderTimeout: 5 * time.Second}
+	go srv.Serve(tlsLn)
+	t.Cleanup(func() { srv.Close() })
+	m.addr = ln.Addr().String()
+	return m
+}
+
+// recordCountingListener's connections count the TLS application-data
+// records their peer sends.
+type recordCountingListener struct {
+	net.Listener
+	records *atomic.Int64
+}
+
+func (l recordCountingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &recordCountingConn{Conn: c, records: l.records}, nil
+}
+
+type recordCountingConn struct {
+	net.Conn
+	records *atomic.Int64
+	header  []byte // the current record header, up to 5 bytes
+	skip    int    // bytes of the current record's payload still to come
+}
+
+func (c *recordCountingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	for b := p[:n]; len(b) > 0; {
+		if c.skip > 0 {
+			k := min(c.skip, len(b))
+			c.skip -= k
+			b = b[k:]
+			continue
+		}
+		k := min(5-len(c.header), len(b))
+		c.header = append(c.header, b[:k]...)
+		b = b[k:]
+		if len(c.header) == 5 {
+			if c.header[0] == 23 { // application data
+				c.records.Add(1)
+			}
+			c.skip = int(binary.BigEndian.Uint16(c.header[3:5]))
+			c.header = c.header[:0]
+		}
+	}
+	return n, err
+}
+
+// provisionRecordTransport is legacy_tls pinned to m, with opts applied.
+func provisionRecordTransport(t *testing.T, m *recordManager, opts func(*LegacyTLS)) *LegacyTLS {
+	t.Helper()
+	l := &LegacyTLS{Pins: []string{m.pin}}
+	if opts != nil {
+		opts(l)
+	}
+	if err := provisionLegacyTLS(t, l); err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+func postRequest(addr string, body io.ReadCloser, length int64, header http.Header) *http.Request {
+	if header == nil {
+		header = http.Header{}
+	}
+	req := &http.Request{Method: http.MethodPost, URL: &url.URL{Host: addr, Path: "/heartbeat"},
+		Header: header, Host: addr, Body: body, ContentLength: length}
+	return req.WithContext(context.Background())
+}
+
+// opaqueBody hides its reader's type from the transport, as a server
+// request body does, and records reads and closes.
+type opaqueBody struct {
+	r      io.Reader
+	reads  atomic.Int64
+	closed atomic.Bool
+}
+
+func (b *opaqueBody) Read(p []byte) (int, error) {
+	b.reads.Add(1)
+	return b.r.Read(p)
+}
+
+func (b *opaqueBody) Close() error { b.closed.Store(true); return nil }
+
+func roundTripOK(t *testing.T, l *LegacyTLS, req *http.Request) {
+	t.Helper()
+	resp, err := l.RoundTrip(req)
+	if err != nil {
+		t.Fatalf("RoundTrip: %v", err)
+	}
+	defer resp.Body.Close()
+	if got, _ := io.ReadAll(resp.Body); resp.StatusCode != http.StatusOK || string(got) != "ok" {
+		t.Fatalf("answer %d %q, want 200 ok", resp.StatusCode, got)
+	}
+}
+
+func TestLegacyTLSSendsASmallBodyWithItsHeadersInOneRecord(t *testing.T) {
+	tests := []struct {
+		name        string
+		size        int
+		wantRecords int64 // 0: at least 2, the body streamed after the headers
+	}{
+		{"heartbeat-sized body", 200, 1},
+		{"body that nearly fills the default write buffer", 3 << 10, 1},
+		{"body over the default write buffer is streamed", 64 << 10, 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			m := newRecordManager(t)
+			l := provisionRecordTransport(t, m, nil)
+			want := bytes.Repeat([]byte("h"), tc.size)
+			// A first request opens the connection, so that the second
+			// counts only the records of one request.
+			for i := range 2 {
+				before := m.records.Load()
+				body := &opaqueBody{r: bytes.NewReader(want)}
+				roundTripOK(t, l, postRequest(m.addr, body, int64(len(want)), nil))
+				if got := <-m.bodies; !bytes.Equal(got, want) {
+					t.Fatalf("manager received %d bytes, want the %d sent", len(got), len(want))
+				}
+				<-m.started
+				if !body.closed.Load() {
+					t.Fatal("the request body was not closed")
+				}
+				sent := m.records.Load() - before
+				if i == 1 && tc.wantRecords > 0 && sent != tc.wantRecords {
+					t.Fatalf("the request took %d TLS records, want %d", sent, tc.wantRecords)
+				}
+				if i == 1 && tc.wantRecords == 0 && sent < 2 {
+					t.Fatalf("a %d-byte body took %d TLS record(s): it was buffered whole", tc.size, sent)
+				}
+			}
+		})
+	}
+}
+
+func TestLegacyTLSCoalescesOnlySmallBodiesOfKnownLength(t *testing.T) {
+	tests := []struct {
+		name        string
+		length      int64
+		header      http.Header
+		writeBuffer int
+		getBody     bool
+		want        bool
+	}{
+		{"small body of known length", 200, nil, 0, false, true},
+		{"body of the write buffer's size", 4096, nil, 0, false, true},
+		{"body over the default write buffer", 4097, nil, 0, false, false},
+		{"body within a larger write_buffer", 12 << 10, nil, 16 << 10, false, true},
+		{"body over a smaller write_buffer", 2048, nil, 1024, false, false},
+		{"unknown length", -1, nil, 0, false, false},
+		{"no body", 0, nil, 0, false, false},
+		{"Expect: 100-continue", 200, http.Header{"Expect": {"100-continue"}}, 0, false, false},
+		{"incremental forwarding", 200, http.Header{"Incremental": {"?1"}}, 0, false, false},
+		{"a GetBody of its own", 200, nil, 0, true, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			l := &LegacyTLS{}
+			l.WriteBufferSize = tc.writeBuffer
+			req := postRequest("manager.test:443", io.NopCloser(strings.NewReader("x")), tc.length, tc.header)
+			if tc.getBody {
+				req.GetBody = func() (io.ReadCloser, error) { return http.NoBody, nil }
+			}
+			out, body := l.coalesceBody(req)
+			if got := body != nil; got != tc.want {
+				t.Fatalf("coalesced = %v, want %v", got, tc.want)
+			}
+			if !tc.want && out != req {
+				t.Fatal("a request passed as it is was copied")
+			}
+		})
+	}
+}
+
+// gatedBody gives its first byte at once and the rest only once the
+// manager's handler has started, that is once the headers have arrived. A
+// transport that read it whole before sending the headers would wait for
+// the gate forever.
+type gatedBody struct {
+	first, open bool
+	rest        io.Reader
+	gate        <-chan struct{}
+}
+
+func (b *gatedBody) Read(p []byte) (int, error) {
+	if !b.first {
+		b.first = true
+		p[0] = 'g'
+		return 1, nil
+	}
+	if !b.open {
+		select {
+		case <-b.gate:
+			b.open = true
+		case <-time.After(10 * time.Second):
+			return 0, errors.New("the manager never received the headers")
+		}
+	}
+	return b.rest.Read(p)
+}
+
+func (b *gatedBody) Close() error { return nil }
+
+func TestLegacyTLSStreamsBodiesItMustNotHold(t *testing.T) {
+	const size = 1000
+	tests := []struct {
+		name   string
+		length int64 // the request's ContentLength
+		header http.Header
+		opts   func(*LegacyTLS)
+	}{
+		{"unknown length (chunked)", -1, nil, nil},
+		{"length over the write buffer", size, nil, func(l *LegacyTLS) { l.WriteBufferSize = 512 }},
+		{"Expect: 100-continue", size, http.Header{"Expect": {"100-continue"}}, func(l *LegacyTLS) {
+			l.ExpectContinueTimeout = caddy.Duration(5 * time.Second)
+		}},
+		{"incremental forwarding", size, http.Header{"Incremental": {"?1"}}, nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			m := newRecordManager(t)
+			l := provisionRecordTransport(t, m, tc.opts)
+			body := &gatedBody{rest: bytes.NewReader(bytes.Repeat([]byte("g"), size-1)), gate: m.started}
+			roundTripOK(t, l, postRequest(m.addr, body, tc.length, tc.header))
+			if got := <-m.bodies; len(got) != size {
+				t.Fatalf("manager received %d bytes, want %d", len(got), size)
+			}
+		})
+	}
+}
+
+var errClientGone = errors.New("client went away mid-body")
+
+func TestLegacyTLSSendsNothingWhenTheSmallBodyCannotBeRead(t *testing.T) {
+	m := newRecordManager(t)
+	l := provisionRecordTransport(t, m, nil)
+	roundTripOK(t, l, postRequest(m.addr, &opaqueBody{r: strings.NewReader("x")}, 1, nil))
+	<-m.started
+	<-m.bodies
+	records, requests := m.records.Load(), m.requests.Load()
+
+	partial := io.MultiReader(strings.NewReader("half a heartbeat"), iotest.ErrReader(errClientGone))
+	_, err := l.RoundTrip(postRequest(m.addr, &opaqueBody{r: partial}, 200, nil))
+	if !errors.Is(err, errClientGone) || !strings.Contains(err.Error(), "reading the request body") {
+		t.Fatalf("RoundTrip error = %v, want the body's read error", err)
+	}
+	time.Sleep(100 * time.Millisecond) // anything sent would have been handled by now
+	if got := m.records.Load() - records; got != 0 {
+		t.Fatalf("%d TLS records reached the manager for a request whose body failed", got)
+	}
+	if got := m.requests.Load() - requests; got != 0 {
+		t.Fatalf("the manager handled %d requests whose body failed", got)
+	}
+}
+
+func TestLegacyTLSLeavesTheBodyUnreadWhenTheDialFails(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens there any more
+	l := &LegacyTLS{Pins: []string{testPin}}
+	if err := provisionLegacyTLS(t, l); err != nil {
+		t.Fatal(err)
+	}
+	body := &opaqueBody{r: strings.NewReader("heartbeat")}
+	if _, err := l.RoundTrip(postRequest(addr, body, int64(len("heartbeat")), nil)); err == nil {
+		t.Fatal("RoundTrip to a closed port succeeded")
+	}
+	if n := body.reads.Load(); n != 0 {
+		t.Fatalf("the body was read %d times although no connection was made; reverse_proxy could not retry it", n)
+	}
+	if !body.closed.Load() {
+		t.Fatal("the body was not closed, as a RoundTripper must")
+	}
+}
+
 // BenchmarkLegacyTLSVsStockHTTPTransport compares legacy_tls (pin check)
 // with Caddy's http transport (chain verification against the same
-// certificate as a trusted root) on one TLS 1.2 upstream, with kept-alive
-// connections and with a new handshake per request.
+// certificate as a trusted root) on one TLS 1.2 upstream: GETs over
+// kept-alive connections and with a new handshake per request, and POSTs of
+// a heartbeat-sized body whose type the transport cannot see, as a proxied
+// client's body (legacy_tls sends it with the headers in one record).
 func BenchmarkLegacyTLSVsStockHTTPTransport(b *testing.B) {
 	pair, err := certs.New(certs.Modern, "manager.test", 2048)
 	if err != nil {
@@ -288,31 +616,46 @@ func BenchmarkLegacyTLSVsStockHTTPTransport(b *testing.B) {
 		b.Fatal(err)
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
 		io.WriteString(w, "ok")
 	}), ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(ln)
 	b.Cleanup(func() { srv.Close() })
 	addr := ln.Addr().String()
+	heartbeat := bytes.Repeat([]byte("h"), 200)
 
-	for _, keepAlive := range []bool{true, false} {
+	for _, c := range []struct {
+		name      string
+		keepAlive bool
+		body      []byte
+	}{
+		{"keepalive=true", true, nil},
+		{"keepalive=false", false, nil},
+		{"keepalive=true,post=200B", true, heartbeat},
+	} {
 		transports := map[string]http.RoundTripper{
 			"stock_http": benchTransport(b, &reverseproxy.HTTPTransport{
 				TLS: &reverseproxy.TLSConfig{
 					CARaw:      json.RawMessage(fmt.Sprintf(`{"provider":"file","pem_files":[%q]}`, certFile)),
 					ServerName: "localhost",
 				},
-				KeepAlive: &reverseproxy.KeepAlive{Enabled: &keepAlive},
+				KeepAlive: &reverseproxy.KeepAlive{Enabled: &c.keepAlive},
 			}),
 			"legacy_tls": benchTransport(b, &LegacyTLS{
 				Pins:          []string{pair.Pin()},
-				HTTPTransport: reverseproxy.HTTPTransport{KeepAlive: &reverseproxy.KeepAlive{Enabled: &keepAlive}},
+				HTTPTransport: reverseproxy.HTTPTransport{KeepAlive: &reverseproxy.KeepAlive{Enabled: &c.keepAlive}},
 			}),
 		}
 		for _, name := range []string{"stock_http", "legacy_tls"} {
-			b.Run(fmt.Sprintf("keepalive=%v/%s", keepAlive, name), func(b *testing.B) {
+			b.Run(c.name+"/"+name, func(b *testing.B) {
 				rt := transports[name]
+				b.ReportAllocs()
 				for b.Loop() {
 					req := &http.Request{Method: http.MethodGet, URL: &url.URL{Host: addr, Path: "/"}, Header: http.Header{}, Host: addr}
+					if c.body != nil {
+						req.Method, req.ContentLength = http.MethodPost, int64(len(c.body))
+						req.Body = &opaqueBody{r: bytes.NewReader(c.body)}
+					}
 					resp, err := rt.RoundTrip(req.WithContext(context.Background()))
 					if err != nil {
 						b.Fatal(err)

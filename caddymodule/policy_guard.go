@@ -457,8 +457,7 @@ func (g *PolicyGuard) finish(w http.ResponseWriter, r *http.Request, rec *guardR
 		return writeResponse(w, r, rec.status, body, ifNoneMatch)
 	}
 	out, err := g.pipeline.resign(r, body)
-	var held *heldError
-	if errors.As(err, &held) {
+	if held, ok := errors.AsType[*heldError](err); ok {
 		return g.hold(w, r, held.retryAfter)
 	}
 	if err != nil {
@@ -492,7 +491,8 @@ func checkBuffered(rec *guardRecorder, body []byte) error {
 	if ce := rec.header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
 		return &refusal{reasonContentEncoding, fmt.Errorf("manager sent Content-Encoding %q although identity was asked", ce)}
 	}
-	if cl := rec.header.Get("Content-Length"); cl != "" && cl != strconv.Itoa(len(body)) {
+	var digits [20]byte
+	if cl := rec.header.Get("Content-Length"); cl != "" && cl != string(strconv.AppendInt(digits[:0], int64(len(body)), 10)) {
 		return &refusal{reasonIncomplete, fmt.Errorf("manager promised Content-Length %s and sent %d bytes", cl, len(body))}
 	}
 	return nil
