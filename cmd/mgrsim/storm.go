@@ -40,7 +40,8 @@ func runStorm(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		verbose bool
 	)
 	fs.StringVar(&bins.legacygate, "legacygate", "", "legacygate binary (default: PATH, else built from the source tree)")
-	fs.IntVar(&cfg.Clients, "clients", 10_000, "simulated clients, each on its own keep-alive TLS connection")
+	fs.IntVar(&cfg.Clients, "clients", 10_000, "simulated clients")
+	fs.IntVar(&cfg.Connections, "connections", 0, "keep-alive TLS connections carrying their heartbeats (default: one per client)")
 	fs.StringVar(&rates, "rates", "3000", "offered heartbeats/s in total, one step each, comma-separated (e.g. 3000,4000,5000)")
 	fs.DurationVar(&cfg.Duration, "duration", 20*time.Second, "each step's length, per target")
 	fs.IntVar(&cfg.GlobalRate, "global-rate", 200, "the gateway's heartbeat_limit global_rate, per second")

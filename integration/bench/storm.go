@@ -21,8 +21,8 @@ import (
 	"github.com/legacygate/legacygate/integration/manager"
 )
 
-// StormConfig is one storm run: Clients simulated clients, each on its own
-// keep-alive TLS connection, heartbeat at the gateway (the example's
+// StormConfig is one storm run: Clients simulated clients, on Connections
+// keep-alive TLS connections (one each by default), heartbeat at the gateway (the example's
 // heartbeat_limit, policy_guard and legacy_tls in front of a TLS 1.2
 // manager) and at stock Caddy's reverse_proxy in front of the same manager,
 // one after the other, at each offered rate in Rates.
@@ -31,6 +31,9 @@ type StormConfig struct {
 	Legacygate string
 	// Clients is how many clients storm. Default 10,000.
 	Clients int
+	// Connections is how many keep-alive TLS connections carry their
+	// heartbeats, each sent on whichever is free. Default Clients: one each.
+	Connections int
 	// Rates are the offered heartbeats/s, in total, one step each. Default 3,000.
 	Rates []int
 	// Duration of each step, per target. Default 20 s.
@@ -55,14 +58,15 @@ type StormConfig struct {
 
 // StormReport is what a storm run measured.
 type StormReport struct {
-	Machine    Machine     `json:"machine"`
-	Clients    int         `json:"clients"`
-	Duration   string      `json:"duration_per_step"`
-	GlobalRate int         `json:"global_rate"`
-	MaxWait    string      `json:"max_wait"`
-	Goal       int         `json:"goal"`
-	RejectP99  float64     `json:"reject_p99_goal_ms"`
-	Steps      []StormStep `json:"steps"`
+	Machine     Machine     `json:"machine"`
+	Clients     int         `json:"clients"`
+	Connections int         `json:"connections"`
+	Duration    string      `json:"duration_per_step"`
+	GlobalRate  int         `json:"global_rate"`
+	MaxWait     string      `json:"max_wait"`
+	Goal        int         `json:"goal"`
+	RejectP99   float64     `json:"reject_p99_goal_ms"`
+	Steps       []StormStep `json:"steps"`
 	// Sustained is the highest offered rate at which the gateway met every
 	// goal; Pass is Sustained >= Goal.
 	Sustained int  `json:"sustained"`
@@ -108,6 +112,7 @@ func (c *StormConfig) defaults() error {
 		return errors.New("storm: no legacygate binary")
 	}
 	setDefault(&c.Clients, 10_000)
+	setDefault(&c.Connections, c.Clients)
 	setDefault(&c.GlobalRate, 200)
 	setDefault(&c.Goal, 3000)
 	if len(c.Rates) == 0 {
@@ -169,7 +174,7 @@ func RunStorm(ctx context.Context, cfg StormConfig) (*StormReport, error) {
 		defer os.RemoveAll(dir)
 		cfg.Dir = dir
 	}
-	rep := &StormReport{Machine: machine(), Clients: cfg.Clients, Duration: cfg.Duration.String(),
+	rep := &StormReport{Machine: machine(), Clients: cfg.Clients, Connections: cfg.Connections, Duration: cfg.Duration.String(),
 		GlobalRate: cfg.GlobalRate, MaxWait: cfg.MaxWait.String(), Goal: cfg.Goal, RejectP99: ms(cfg.RejectP99)}
 	lab := &stormLab{}
 	defer lab.close()
@@ -331,27 +336,31 @@ func registerWith(c *http.Client, m *manager.Manager, hostname string) (string, 
 	return string(match[1]), nil
 }
 
-// stormOne connects every client to t, storms it at rate for the step's
-// duration, disconnects them and returns the figures.
+// stormOne opens the connections to t, storms it at rate for the step's
+// duration, closes them and returns the figures.
 func (l *stormLab) stormOne(ctx context.Context, cfg StormConfig, t *target, hosts []string, rate int) (StormTarget, error) {
 	st := StormTarget{Name: t.name}
 	addr := t.base[len("https://"):]
 	tlsCfg := &tls.Config{InsecureSkipVerify: true, ClientSessionCache: tls.NewLRUClientSessionCache(64)}
-	clients := make([]*stormClient, len(hosts))
+	reqs := make([][]byte, len(hosts))
 	for i, h := range hosts {
-		clients[i] = newStormClient(addr, h, tlsCfg)
+		reqs[i] = heartbeatRequest(addr, h)
+	}
+	conns := make([]*stormConn, cfg.Connections)
+	for i := range conns {
+		conns[i] = &stormConn{addr: addr, tls: tlsCfg}
 	}
 	defer func() {
-		for _, c := range clients {
+		for _, c := range conns {
 			c.close()
 		}
 	}()
 	t0 := time.Now()
-	if err := connectAll(ctx, clients); err != nil {
+	if err := connectAll(ctx, conns); err != nil {
 		return st, fmt.Errorf("storm: %s: %w", t.name, err)
 	}
 	st.Connect = time.Since(t0).Round(10 * time.Millisecond).String()
-	fmt.Fprintf(cfg.Log, "storm: %d clients connected to %s in %s; storming at %d/s for %s\n", len(clients), t.name, st.Connect, rate, cfg.Duration)
+	fmt.Fprintf(cfg.Log, "storm: %d connections to %s open in %s; %d clients storming at %d/s for %s\n", len(conns), t.name, st.Connect, len(reqs), rate, cfg.Duration)
 
 	cpu0, err := t.proc.tree().cpuSeconds()
 	if err != nil {
@@ -359,7 +368,7 @@ func (l *stormLab) stormOne(ctx context.Context, cfg StormConfig, t *target, hos
 	}
 	watch := watchManager(l.mgr)
 	begin := time.Now()
-	answers := storm(ctx, clients, rate, cfg.Duration)
+	answers := storm(ctx, conns, reqs, rate, cfg.Duration)
 	elapsed := time.Since(begin)
 	arrivals := watch.stop()
 	cpu1, err := t.proc.tree().cpuSeconds()
@@ -430,7 +439,7 @@ func (c StormConfig) verdict(st StormTarget, rate int) string {
 	case st.Answered < 0.98*float64(rate):
 		return fmt.Sprintf("answered %.0f/s of %d/s offered", st.Answered, rate)
 	case st.LateShare > 0.01:
-		return fmt.Sprintf("%.1f%% of heartbeats left more than %v late: this box could not offer %d/s", 100*st.LateShare, stormLate, rate)
+		return fmt.Sprintf("%.1f%% of heartbeats left more than %v late (no free connection, or the generator fell behind): %d/s was not offered", 100*st.LateShare, stormLate, rate)
 	case st.ManagerPeak > ceiling:
 		return fmt.Sprintf("the manager saw %d heartbeats in one second, global_rate %d/s", st.ManagerPeak, c.GlobalRate)
 	case st.Rejected == 0:
@@ -447,8 +456,8 @@ func (c StormConfig) verdict(st StormTarget, rate int) string {
 func (r *StormReport) Print(w io.Writer) {
 	fmt.Fprintf(w, "machine: %d CPUs, %s, load average %s (before) / %s (after), %s\n",
 		r.Machine.CPUs, r.Machine.Model, r.Machine.LoadBefore, r.Machine.LoadAfter, r.Machine.GoVersion)
-	fmt.Fprintf(w, "storm: %d clients on keep-alive TLS, %s per step and target; gateway: global_rate %d/s, max_wait %s, rate 1/60s, burst 3\n\n",
-		r.Clients, r.Duration, r.GlobalRate, r.MaxWait)
+	fmt.Fprintf(w, "storm: %d clients on %d keep-alive TLS connections, %s per step and target; gateway: global_rate %d/s, max_wait %s, rate 1/60s, burst 3\n\n",
+		r.Clients, r.Connections, r.Duration, r.GlobalRate, r.MaxWait)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "offered/s\ttarget\tanswered/s\tallowed\trejected\terrors\tlate\tallowed p99 ms\trejected p50 ms\trejected p99 ms\tmanager/s\tbusiest s\tCPU µs/answer\tRSS MB\t")
 	for _, s := range r.Steps {

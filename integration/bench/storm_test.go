@@ -1,6 +1,8 @@
 package bench
 
 import (
+	"bufio"
+	"bytes"
 	"strings"
 	"testing"
 	"time"
@@ -18,7 +20,7 @@ func TestStormVerdictNamesTheFirstGoalMissed(t *testing.T) {
 		{"manager one over within the 5 % allowance", func(s *StormTarget) { s.ManagerPeak = 211 }, ""},
 		{"failed heartbeats", func(s *StormTarget) { s.Errors = 3 }, "3 heartbeats failed"},
 		{"answers fell behind", func(s *StormTarget) { s.Answered = 2900 }, "answered 2900/s of 3000/s"},
-		{"the generator fell behind", func(s *StormTarget) { s.LateShare = 0.02 }, "could not offer 3000/s"},
+		{"the generator fell behind", func(s *StormTarget) { s.LateShare = 0.02 }, "3000/s was not offered"},
 		{"the manager above global_rate", func(s *StormTarget) { s.ManagerPeak = 212 }, "212 heartbeats in one second"},
 		{"nothing rejected", func(s *StormTarget) { s.Rejected = 0 }, "nothing was rejected"},
 		{"rejections without Retry-After", func(s *StormTarget) { s.BadRetry = 1 }, "without a Retry-After"},
@@ -81,9 +83,53 @@ func TestBusyReasonReadsTheRejectionBody(t *testing.T) {
 		`<Index><Busy RetryAfter="3" Reason="global"/></Index>`: "global",
 		`<Index><Busy Reason="per_client"/></Index>`:            "per_client",
 		``: "none",
+		`<Index><Busy Reason="made-up"/></Index>`: "other",
 	} {
 		if got := busyReason([]byte(body)); got != want {
 			t.Errorf("busyReason(%q) = %q, want %q", body, got, want)
 		}
 	}
+}
+
+func TestReadHeadReadsWhatTheStormNeeds(t *testing.T) {
+	tests := []struct {
+		name, answer string
+		want         head
+		wantErr      string
+	}{
+		{"allowed", "HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: 3\r\n\r\nabc", head{status: 200, length: 3}, ""},
+		{"rejected", "HTTP/1.1 503 Service Unavailable\r\nretry-after: 2\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", head{status: 503, length: 0, retryAfter: 2, close: true}, ""},
+		{"not HTTP", "SSH-2.0-OpenSSH\r\n\r\n", head{}, "not HTTP/1.x"},
+		{"bad status", "HTTP/1.1 2x0 OK\r\n\r\n", head{}, "no status code"},
+		{"negative status", "HTTP/1.1 -10 OK\r\n\r\n", head{}, "no status code"},
+		{"negative length", "HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\n", head{}, "without a Content-Length"},
+		{"bad length", "HTTP/1.1 200 OK\r\nContent-Length: ten\r\n\r\n", head{}, "Content-Length"},
+		{"no length", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", head{}, "without a Content-Length"},
+		{"cut short", "HTTP/1.1 200 OK\r\nContent-Le", head{}, "EOF"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := readHead(bufio.NewReader(strings.NewReader(tt.answer)))
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("error %v, want one containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || got != tt.want {
+				t.Fatalf("readHead = %+v, %v; want %+v", got, err, tt.want)
+			}
+		})
+	}
+}
+
+func FuzzReadHead(f *testing.F) {
+	f.Add([]byte("HTTP/1.1 503 Service Unavailable\r\nRetry-After: 2\r\nContent-Length: 5\r\n\r\nhello"))
+	f.Add([]byte("HTTP/1.0 200 OK\r\nContent-Length: -1\r\n\r\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		h, err := readHead(bufio.NewReader(bytes.NewReader(data)))
+		if err == nil && (h.length < 0 || h.status < 0 || h.status > 999) {
+			t.Fatalf("accepted %q as %+v", data, h)
+		}
+	})
 }

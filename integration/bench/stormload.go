@@ -6,7 +6,6 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"strconv"
@@ -26,14 +25,12 @@ const (
 	stormDialers = 64
 )
 
-// stormClient is one simulated client: its own keep-alive TLS connection
-// and its heartbeat, a ready-made HTTP/1.1 request of about 200 bytes.
-type stormClient struct {
+// stormConn is one keep-alive TLS connection of the generator.
+type stormConn struct {
 	addr string
 	tls  *tls.Config
 	conn *tls.Conn
 	br   *bufio.Reader
-	req  []byte
 }
 
 // stormAnswer is what one heartbeat got.
@@ -45,12 +42,13 @@ type stormAnswer struct {
 	late    time.Duration // how long after its schedule it was sent
 }
 
-func newStormClient(addr, hostID string, cfg *tls.Config) *stormClient {
-	req := fmt.Appendf(nil, "GET /secars/secars.dll?action=index&hostid=%s HTTP/1.1\r\nHost: %s\r\nUser-Agent: Smc\r\nAccept: */*\r\n\r\n", hostID, addr)
-	return &stormClient{addr: addr, tls: cfg, req: req}
+// heartbeatRequest is a client's heartbeat: a ready-made HTTP/1.1 request
+// of about 200 bytes.
+func heartbeatRequest(addr, hostID string) []byte {
+	return fmt.Appendf(nil, "GET /secars/secars.dll?action=index&hostid=%s HTTP/1.1\r\nHost: %s\r\nUser-Agent: Smc\r\nAccept: */*\r\n\r\n", hostID, addr)
 }
 
-func (c *stormClient) connect() error {
+func (c *stormConn) connect() error {
 	d := &net.Dialer{Timeout: stormTimeout}
 	conn, err := tls.DialWithDialer(d, "tcp", c.addr, c.tls)
 	if err != nil {
@@ -60,7 +58,7 @@ func (c *stormClient) connect() error {
 	return nil
 }
 
-func (c *stormClient) close() {
+func (c *stormConn) close() {
 	if c.conn != nil {
 		c.conn.Close()
 		c.conn = nil
@@ -69,7 +67,7 @@ func (c *stormClient) close() {
 
 // heartbeat sends one heartbeat and reads the whole answer, reconnecting
 // first if the last answer closed the connection.
-func (c *stormClient) heartbeat() stormAnswer {
+func (c *stormConn) heartbeat(req []byte) stormAnswer {
 	t0 := time.Now()
 	if c.conn == nil {
 		if err := c.connect(); err != nil {
@@ -77,7 +75,7 @@ func (c *stormClient) heartbeat() stormAnswer {
 		}
 	}
 	c.conn.SetDeadline(t0.Add(stormTimeout))
-	a, err := c.exchange()
+	a, err := c.exchange(req)
 	a.latency = time.Since(t0)
 	if err != nil {
 		c.close()
@@ -86,29 +84,81 @@ func (c *stormClient) heartbeat() stormAnswer {
 	return a
 }
 
-func (c *stormClient) exchange() (stormAnswer, error) {
-	if _, err := c.conn.Write(c.req); err != nil {
+func (c *stormConn) exchange(req []byte) (stormAnswer, error) {
+	if _, err := c.conn.Write(req); err != nil {
 		return stormAnswer{}, err
 	}
-	resp, err := http.ReadResponse(c.br, nil)
+	h, err := readHead(c.br)
 	if err != nil {
 		return stormAnswer{}, err
 	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	resp.Body.Close()
-	if err != nil {
-		return stormAnswer{}, err
+	a := stormAnswer{status: h.status}
+	if h.status != http.StatusOK {
+		body, err := c.br.Peek(min(h.length, c.br.Size()))
+		if err != nil {
+			return stormAnswer{}, fmt.Errorf("reading a %d answer's body: %w", h.status, err)
+		}
+		a.reason = busyReason(body)
+		a.retryOK = h.retryAfter >= 1
 	}
-	if resp.Close {
+	if _, err := c.br.Discard(h.length); err != nil {
+		return stormAnswer{}, fmt.Errorf("reading a %d answer's body: %w", h.status, err)
+	}
+	if h.close {
 		c.close()
 	}
-	a := stormAnswer{status: resp.StatusCode}
-	if resp.StatusCode != http.StatusOK {
-		a.reason = busyReason(body)
-		n, err := strconv.Atoi(resp.Header.Get("Retry-After"))
-		a.retryOK = err == nil && n >= 1
-	}
 	return a, nil
+}
+
+// head is what the storm needs of an answer's status line and header.
+type head struct {
+	status, length, retryAfter int
+	close                      bool
+}
+
+// readHead reads an HTTP/1.1 answer's status line and header without
+// allocating (the generator shares the box with the gateway, so it must
+// stay light). The answer must carry a Content-Length, as every answer of
+// the manager, Caddy and heartbeat_limit does.
+func readHead(br *bufio.Reader) (head, error) {
+	h := head{length: -1}
+	line, err := br.ReadSlice('\n')
+	if err != nil {
+		return h, err
+	}
+	if len(line) < 12 || !bytes.HasPrefix(line, []byte("HTTP/1.")) {
+		return h, fmt.Errorf("status line %q: not HTTP/1.x", line)
+	}
+	if h.status, err = strconv.Atoi(string(line[9:12])); err != nil || h.status < 100 {
+		return h, fmt.Errorf("status line %q: no status code", line)
+	}
+	for {
+		line, err := br.ReadSlice('\n')
+		if err != nil {
+			return h, err
+		}
+		line = bytes.TrimRight(line, "\r\n")
+		if len(line) == 0 {
+			break
+		}
+		name, value, _ := bytes.Cut(line, []byte(":"))
+		value = bytes.TrimSpace(value)
+		switch {
+		case bytes.EqualFold(name, []byte("Content-Length")):
+			h.length, err = strconv.Atoi(string(value))
+		case bytes.EqualFold(name, []byte("Retry-After")):
+			h.retryAfter, err = strconv.Atoi(string(value))
+		case bytes.EqualFold(name, []byte("Connection")):
+			h.close = bytes.EqualFold(value, []byte("close"))
+		}
+		if err != nil {
+			return h, fmt.Errorf("header %q: %w", line, err)
+		}
+	}
+	if h.length < 0 {
+		return h, fmt.Errorf("a %d answer without a Content-Length of 0 or more", h.status)
+	}
+	return h, nil
 }
 
 // busyReason reads Reason="…" from the rejection body the storm's gateway
@@ -119,12 +169,17 @@ func busyReason(body []byte) string {
 		return "none"
 	}
 	reason, _, _ := bytes.Cut(rest, []byte(`"`))
-	return string(reason)
+	for _, known := range []string{"global", "per_client", "fallback"} {
+		if string(reason) == known {
+			return known
+		}
+	}
+	return "other"
 }
 
-// connectAll connects every client, stormDialers at a time.
-func connectAll(ctx context.Context, clients []*stormClient) error {
-	work := make(chan *stormClient)
+// connectAll opens every connection, stormDialers at a time.
+func connectAll(ctx context.Context, conns []*stormConn) error {
+	work := make(chan *stormConn)
 	errs := make(chan error, stormDialers)
 	var wg sync.WaitGroup
 	for range stormDialers {
@@ -141,7 +196,7 @@ func connectAll(ctx context.Context, clients []*stormClient) error {
 	}
 	var err error
 feed:
-	for _, c := range clients {
+	for _, c := range conns {
 		select {
 		case work <- c:
 		case err = <-errs:
@@ -162,23 +217,35 @@ feed:
 	return err
 }
 
-// storm runs an open loop for d: together the clients offer rate
-// heartbeats/s, client i at offsets i/rate + k·len(clients)/rate. A slow
-// answer delays only its own client's next heartbeat; lateness is recorded.
-func storm(ctx context.Context, clients []*stormClient, rate int, d time.Duration) []stormAnswer {
-	period := time.Duration(float64(len(clients)) / float64(rate) * float64(time.Second))
-	start := time.Now().Add(100 * time.Millisecond)
-	end := start.Add(d)
-	answers := make([][]stormAnswer, len(clients))
+// beat is one scheduled heartbeat.
+type beat struct {
+	req []byte
+	at  time.Time
+}
+
+// storm runs an open loop for d: heartbeats leave on a fixed schedule,
+// rate per second in total, taking the clients' requests in turn (client i
+// at i/rate + k·len(reqs)/rate), each sent on whichever connection is free.
+// A slow answer holds only its connection; a heartbeat that finds none free
+// waits, and its lateness is recorded.
+func storm(ctx context.Context, conns []*stormConn, reqs [][]byte, rate int, d time.Duration) []stormAnswer {
+	beats := make(chan beat, len(conns))
+	answers := make([][]stormAnswer, len(conns))
 	var wg sync.WaitGroup
-	for i, c := range clients {
+	for i, c := range conns {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			first := start.Add(time.Duration(float64(i) / float64(rate) * float64(time.Second)))
-			answers[i] = c.run(ctx, first, period, end)
+			for b := range beats {
+				late := max(0, time.Since(b.at))
+				a := c.heartbeat(b.req)
+				a.late = late
+				answers[i] = append(answers[i], a)
+			}
 		}()
 	}
+	schedule(ctx, beats, reqs, rate, d)
+	close(beats)
 	wg.Wait()
 	var all []stormAnswer
 	for _, a := range answers {
@@ -187,21 +254,17 @@ func storm(ctx context.Context, clients []*stormClient, rate int, d time.Duratio
 	return all
 }
 
-// run sends this client's heartbeats from first, every period, until end.
-func (c *stormClient) run(ctx context.Context, first time.Time, period time.Duration, end time.Time) []stormAnswer {
-	var out []stormAnswer
-	for at := first; at.Before(end); at = at.Add(period) {
-		select {
-		case <-ctx.Done():
-			return out
-		case <-time.After(time.Until(at)):
+// schedule hands out the heartbeats due, waking at most once a millisecond.
+func schedule(ctx context.Context, beats chan<- beat, reqs [][]byte, rate int, d time.Duration) {
+	start := time.Now()
+	total := int(d.Seconds() * float64(rate))
+	for k := 0; k < total && ctx.Err() == nil; k++ {
+		at := start.Add(time.Duration(float64(k) / float64(rate) * float64(time.Second)))
+		if wait := time.Until(at); wait > time.Millisecond {
+			time.Sleep(wait)
 		}
-		late := max(0, time.Since(at))
-		a := c.heartbeat()
-		a.late = late
-		out = append(out, a)
+		beats <- beat{req: reqs[k%len(reqs)], at: at}
 	}
-	return out
 }
 
 // managerWatch samples the manager's heartbeat counter during a storm.
