@@ -21,6 +21,7 @@ import (
 
 	"github.com/legacygate/legacygate/integration/certs"
 	"github.com/legacygate/legacygate/integration/manager"
+	"github.com/legacygate/legacygate/integration/ports"
 )
 
 const (
@@ -215,15 +216,9 @@ func (p *process) stop() {
 	}
 }
 
-// freePort returns a loopback TCP port that was free a moment ago.
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("finding a free port: %w", err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
-}
+// freePort is ports.Free: Caddy binds with SO_REUSEPORT, so a port another
+// process was also given would be shared silently.
+func freePort() (int, error) { return ports.Free() }
 
 // front is the TLS certificate every proxy under test serves to clients.
 type front struct {

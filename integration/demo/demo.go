@@ -5,7 +5,6 @@ import (
 	"crypto/x509"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/legacygate/legacygate/integration/certs"
 	"github.com/legacygate/legacygate/integration/manager"
+	"github.com/legacygate/legacygate/integration/ports"
 	"github.com/legacygate/legacygate/policyguard"
 )
 
@@ -145,14 +145,9 @@ func (d *demo) close() {
 	}
 }
 
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("finding a free port: %w", err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
-}
+// freePort is ports.Free: the gateway binds with SO_REUSEPORT, so a port
+// another process was also given would be shared silently.
+func freePort() (int, error) { return ports.Free() }
 
 // caddyfileTemplate is the gateway's configuration: Caddyfile.example's
 // shape on loopback ports, with the manager's pin and certificate.

@@ -33,6 +33,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/legacygate/legacygate/integration/ports"
 )
 
 // Time limits. A first build on a busy machine is slow; everything else is quick.
@@ -107,15 +109,16 @@ func moduleRoot() (string, error) {
 	return filepath.Dir(gomod), nil
 }
 
-// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago and
+// that no other test process was given (ports.Free: Caddy binds with
+// SO_REUSEPORT, so two gateways given one port would share it silently).
 func FreePort(t testing.TB) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := ports.Free()
 	if err != nil {
-		t.Fatalf("finding a free port: %v", err)
+		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return port
 }
 
 // Run runs the legacygate binary with args (for example "adapt", "--config",
