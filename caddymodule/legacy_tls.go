@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
@@ -207,8 +208,13 @@ func (l *LegacyTLS) RoundTrip(req *http.Request) (*http.Response, error) {
 	out, body := l.coalesceBody(req)
 	resp, err := l.HTTPTransport.RoundTrip(out)
 	if body != nil {
-		if readErr := body.finish(); readErr != nil && err != nil {
-			err = fmt.Errorf("legacy_tls: reading the request body: %w", readErr)
+		if readErr := body.finish(); readErr != nil {
+			// Whatever the transport did with the empty body (HTTP/2 may
+			// even have completed the stream), the request failed.
+			if resp != nil {
+				resp.Body.Close()
+			}
+			return nil, fmt.Errorf("legacy_tls: reading the request body: %w", readErr)
 		}
 	}
 	if mismatch, ok := errors.AsType[*PinMismatchError](err); ok {
@@ -231,9 +237,10 @@ func (l *LegacyTLS) RoundTrip(req *http.Request) (*http.Response, error) {
 // unread and reverse_proxy can retry another upstream), and handed to the
 // transport from memory. Bodies of unknown or larger length, and requests
 // with Expect, incremental forwarding or a GetBody of their own, are passed
-// as they are. If the body cannot be read, nothing is sent: the headers'
-// Content-Length is not met, and the transport closes the connection
-// without flushing them.
+// as they are. If the body cannot be read, the request's context is
+// cancelled with the read error before anything is sent: over HTTP/1.1 the
+// transport closes the connection without flushing the headers, over
+// HTTP/2 it resets the stream instead of ending it after an empty body.
 func (l *LegacyTLS) coalesceBody(req *http.Request) (*http.Request, *bufferedBody) {
 	limit := int64(l.WriteBufferSize)
 	if limit <= 0 {
@@ -244,9 +251,10 @@ func (l *LegacyTLS) coalesceBody(req *http.Request) (*http.Request, *bufferedBod
 		req.Header.Get("Expect") != "" || caddyhttp.IsIncremental(req.Header) {
 		return req, nil
 	}
-	body := &bufferedBody{src: req.Body, size: int(req.ContentLength)}
+	ctx, cancel := context.WithCancelCause(req.Context())
+	body := &bufferedBody{src: req.Body, size: int(req.ContentLength), cancel: cancel}
 	body.trace.GotConn = body.gotConn
-	out := req.WithContext(httptrace.WithClientTrace(req.Context(), &body.trace))
+	out := req.WithContext(httptrace.WithClientTrace(ctx, &body.trace))
 	out.Body = io.NopCloser(&body.reader)
 	return out, body
 }
@@ -261,6 +269,7 @@ type bufferedBody struct {
 	size   int
 	reader bytes.Reader          // what the transport copies from
 	trace  httptrace.ClientTrace // calls gotConn
+	cancel context.CancelCauseFunc
 
 	mu   sync.Mutex
 	used bool  // read, or given up by finish
@@ -284,6 +293,7 @@ func (b *bufferedBody) gotConn(httptrace.GotConnInfo) {
 	defer b.mu.Unlock()
 	if err != nil {
 		b.err = err
+		b.cancel(err)
 		return
 	}
 	b.reader.Reset(buf)

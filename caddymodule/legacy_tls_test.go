@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"sync/atomic"
@@ -699,4 +700,46 @@ func FuzzParsePin(f *testing.F) {
 			t.Fatalf("FormatPin(ParsePin(%q)) does not parse back: %v", s, err)
 		}
 	})
+}
+
+// TestLegacyTLSSendsNothingOverHTTP2WhenTheSmallBodyCannotBeRead: over
+// HTTP/2 the transport would end the stream after the empty body it was
+// handed, and the manager would handle a finished request with no body.
+func TestLegacyTLSSendsNothingOverHTTP2WhenTheSmallBodyCannotBeRead(t *testing.T) {
+	var handled atomic.Int64
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		handled.Add(1)
+		io.Copy(io.Discard, r.Body)
+	}))
+	srv.EnableHTTP2 = true
+	srv.StartTLS()
+	defer srv.Close()
+	l := &LegacyTLS{Pins: []string{PinOf(srv.Certificate())}}
+	if err := provisionLegacyTLS(t, l); err != nil {
+		t.Fatal(err)
+	}
+	addr := srv.Listener.Addr().String()
+	ok := postRequest(addr, &opaqueBody{r: strings.NewReader("x")}, 1, nil)
+	resp, err := l.RoundTrip(ok)
+	if err != nil {
+		t.Fatalf("a whole body: %v", err)
+	}
+	resp.Body.Close()
+	if resp.ProtoMajor != 2 {
+		t.Fatalf("the manager was reached over %s, want HTTP/2", resp.Proto)
+	}
+	before := handled.Load()
+
+	partial := io.MultiReader(strings.NewReader("half"), iotest.ErrReader(errClientGone))
+	resp, err = l.RoundTrip(postRequest(addr, &opaqueBody{r: partial}, 10, nil))
+	if err == nil {
+		resp.Body.Close()
+	}
+	if !errors.Is(err, errClientGone) {
+		t.Fatalf("RoundTrip error = %v, want the body's read error", err)
+	}
+	time.Sleep(100 * time.Millisecond) // anything sent would have been handled by now
+	if got := handled.Load() - before; got != 0 {
+		t.Fatalf("the manager handled %d requests whose body failed", got)
+	}
 }
