@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"os/exec"
 	"regexp"
@@ -113,7 +114,9 @@ func percentile(xs []time.Duration, q float64) time.Duration {
 		return 0
 	}
 	slices.Sort(xs)
-	return xs[min(len(xs)-1, int(q*float64(len(xs))))]
+	// Nearest rank: the smallest value with at least q of the samples at or below it.
+	rank := int(math.Ceil(q * float64(len(xs))))
+	return xs[max(0, min(len(xs), rank)-1)]
 }
 
 // wrkLoad runs wrk (keep-alive HTTPS) and parses its report.

@@ -9,7 +9,6 @@ import (
 	"io/fs"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -429,17 +428,7 @@ var plainClient = &http.Client{Timeout: 10 * time.Second}
 // register registers one client with the manager over its plain listener
 // and returns its host id.
 func register(m *manager.Manager, hostname string) (string, error) {
-	resp, err := plainClient.PostForm("http://"+m.Addrs().HTTP+"/secreg/secreg.dll?action=register", url.Values{"hostname": {hostname}})
-	if err != nil {
-		return "", fmt.Errorf("registering %s: %w", hostname, err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	match := regexp.MustCompile(`HostId="([0-9A-Fa-f]+)"`).FindSubmatch(body)
-	if resp.StatusCode != http.StatusOK || match == nil {
-		return "", fmt.Errorf("registering %s: %d %q", hostname, resp.StatusCode, body)
-	}
-	return string(match[1]), nil
+	return registerWith(plainClient, m, hostname)
 }
 
 // sylinkSerial reads the settings serial the manager's index announces.

@@ -82,8 +82,11 @@ type StormStep struct {
 // StormTarget is one target's figures during one step. Latencies run from
 // sending a heartbeat to the end of its answer.
 type StormTarget struct {
-	Name     string           `json:"name"`
-	Connect  string           `json:"connect_time"`
+	Name    string `json:"name"`
+	Connect string `json:"connect_time"`
+	// Elapsed is how long the step took, to the last answer: longer than
+	// the step's duration when heartbeats queued for a free connection.
+	Elapsed  string           `json:"elapsed"`
 	Answered float64          `json:"answered_per_second"`
 	Allowed  int64            `json:"allowed"`
 	Rejected int64            `json:"rejected"`
@@ -379,7 +382,8 @@ func (l *stormLab) stormOne(ctx context.Context, cfg StormConfig, t *target, hos
 	if err != nil {
 		return st, err
 	}
-	st.summarize(answers, cfg.Duration)
+	st.Elapsed = elapsed.Round(10 * time.Millisecond).String()
+	st.summarize(answers, elapsed)
 	st.ManagerRate = float64(arrivals.total()) / elapsed.Seconds()
 	st.ManagerPeak = arrivals.busiestSecond()
 	if n := st.Allowed + st.Rejected; n > 0 {
@@ -391,8 +395,9 @@ func (l *stormLab) stormOne(ctx context.Context, cfg StormConfig, t *target, hos
 	return st, ctx.Err()
 }
 
-// summarize turns the answers into the step's figures.
-func (st *StormTarget) summarize(answers []stormAnswer, d time.Duration) {
+// summarize turns the answers into the step's figures; elapsed is how long
+// the step took, to its last answer.
+func (st *StormTarget) summarize(answers []stormAnswer, elapsed time.Duration) {
 	var allowed, rejected []time.Duration
 	byReason := map[string][]time.Duration{}
 	var late int
@@ -414,7 +419,7 @@ func (st *StormTarget) summarize(answers []stormAnswer, d time.Duration) {
 		}
 	}
 	st.Allowed, st.Rejected = int64(len(allowed)), int64(len(rejected))
-	st.Answered = float64(len(allowed)+len(rejected)) / d.Seconds()
+	st.Answered = float64(len(allowed)+len(rejected)) / elapsed.Seconds()
 	if len(answers) > 0 {
 		st.LateShare = float64(late) / float64(len(answers))
 	}

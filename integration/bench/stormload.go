@@ -223,11 +223,12 @@ type beat struct {
 	at  time.Time
 }
 
-// storm runs an open loop for d: heartbeats leave on a fixed schedule,
-// rate per second in total, taking the clients' requests in turn (client i
-// at i/rate + k·len(reqs)/rate), each sent on whichever connection is free.
-// A slow answer holds only its connection; a heartbeat that finds none free
-// waits, and its lateness is recorded.
+// storm runs an open loop for d while a connection is free: heartbeats
+// leave on a fixed schedule, rate per second in total, taking the clients'
+// requests in turn (client i at i/rate + k·len(reqs)/rate), each sent on
+// whichever connection is free. A slow answer holds only its connection;
+// when none is free, heartbeats queue (up to one per connection, then the
+// schedule itself waits), and their lateness is recorded.
 func storm(ctx context.Context, conns []*stormConn, reqs [][]byte, rate int, d time.Duration) []stormAnswer {
 	beats := make(chan beat, len(conns))
 	answers := make([][]stormAnswer, len(conns))
@@ -237,6 +238,9 @@ func storm(ctx context.Context, conns []*stormConn, reqs [][]byte, rate int, d t
 		go func() {
 			defer wg.Done()
 			for b := range beats {
+				if ctx.Err() != nil {
+					continue // interrupted: drain without sending
+				}
 				late := max(0, time.Since(b.at))
 				a := c.heartbeat(b.req)
 				a.late = late
@@ -263,7 +267,11 @@ func schedule(ctx context.Context, beats chan<- beat, reqs [][]byte, rate int, d
 		if wait := time.Until(at); wait > time.Millisecond {
 			time.Sleep(wait)
 		}
-		beats <- beat{req: reqs[k%len(reqs)], at: at}
+		select {
+		case beats <- beat{req: reqs[k%len(reqs)], at: at}:
+		case <-ctx.Done():
+			return
+		}
 	}
 }
 

@@ -7,8 +7,8 @@
 // Caddy binds with SO_REUSEPORT, so two gateways given the same port both
 // bind it and share its connections silently (a plain-HTTP test then meets
 // another test's HTTPS site). Free therefore claims each port across
-// processes with an flock on a file named after it, held until this
-// process exits.
+// processes with an flock on a file named after it, in a directory of this
+// user's ($TMPDIR/legacygate-ports-<uid>), held until this process exits.
 package ports
 
 import (
@@ -34,9 +34,9 @@ const tries = 100
 // Free returns a loopback TCP port that was free a moment ago and that no
 // other process using this package has claimed.
 func Free() (int, error) {
-	dir := filepath.Join(os.TempDir(), "legacygate-ports")
-	if err := os.MkdirAll(dir, 0o777); err != nil {
-		return 0, fmt.Errorf("port claims directory: %w", err)
+	dir, err := claimsDir()
+	if err != nil {
+		return 0, err
 	}
 	for range tries {
 		port, err := kernelPort()
@@ -54,6 +54,24 @@ func Free() (int, error) {
 	return 0, errors.New("finding a free port: every port offered was claimed by another process")
 }
 
+// claimsDir is this user's directory of port claims: created private, and
+// refused when it is a symlink or someone else's.
+func claimsDir() (string, error) {
+	dir := filepath.Join(os.TempDir(), fmt.Sprintf("legacygate-ports-%d", os.Getuid()))
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("port claims directory: %w", err)
+	}
+	st, err := os.Lstat(dir)
+	if err != nil {
+		return "", fmt.Errorf("port claims directory: %w", err)
+	}
+	owner, ok := st.Sys().(*syscall.Stat_t)
+	if !st.IsDir() || !ok || int(owner.Uid) != os.Getuid() {
+		return "", fmt.Errorf("port claims directory %s: not a directory of this user", dir)
+	}
+	return dir, nil
+}
+
 // kernelPort asks the kernel for a free loopback port.
 func kernelPort() (int, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -67,7 +85,7 @@ func kernelPort() (int, error) {
 // claim locks file for this process; false means another process (or an
 // earlier claim of this one) holds it.
 func claim(file string) (bool, error) {
-	f, err := os.OpenFile(file, os.O_CREATE|os.O_RDWR, 0o666)
+	f, err := os.OpenFile(file, os.O_CREATE|os.O_RDWR|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return false, fmt.Errorf("claiming a port: %w", err)
 	}

@@ -21,7 +21,11 @@ func TestFreeNeverHandsOutAClaimedPort(t *testing.T) {
 			t.Fatalf("port %d handed out twice", port)
 		}
 		seen[port] = true
-		ok, err := claim(filepath.Join(os.TempDir(), "legacygate-ports", strconv.Itoa(port)))
+		dir, err := claimsDir()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ok, err := claim(filepath.Join(dir, strconv.Itoa(port)))
 		if err != nil || ok {
 			t.Fatalf("port %d could be claimed again (ok %v, err %v)", port, ok, err)
 		}
@@ -57,7 +61,11 @@ func TestAnotherProcessCannotClaimAHeldPort(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	file := filepath.Join(os.TempDir(), "legacygate-ports", strconv.Itoa(port))
+	dir, err := claimsDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(dir, strconv.Itoa(port))
 	cmd := exec.Command(os.Args[0], "-test.run", "^TestAnotherProcessCannotClaimAHeldPort$", "-test.v")
 	cmd.Env = append(os.Environ(), "PORTS_CLAIM_FILE="+file)
 	out, err := cmd.CombinedOutput()
