@@ -10,7 +10,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
-	"github.com/legacygate/legacygate/policyguard"
+	"github.com/legacygate/legacygate/internal/rotationtable"
 )
 
 func init() {
@@ -20,7 +20,7 @@ func init() {
 // Default and largest page of stragglers.
 const (
 	defaultStragglerPage = 50
-	maxStragglerPage     = policyguard.MaxStragglerPage
+	maxStragglerPage     = rotationtable.MaxStragglerPage
 )
 
 // AdminAPI serves the rotation's progress on Caddy's admin endpoint
@@ -46,25 +46,25 @@ func (AdminAPI) Routes() []caddy.AdminRoute {
 
 // RotationStatus is the JSON of GET /legacygate/rotation.
 type RotationStatus struct {
-	Now               time.Time                   `json:"now"`
-	Rotation          bool                        `json:"rotation"` // false: no rotation configured
-	Window            *policyguard.Window         `json:"window,omitempty"`
-	Grace             string                      `json:"grace,omitempty"`
-	GraceEnds         *time.Time                  `json:"grace_ends,omitempty"`
-	ConfirmHeartbeats uint32                      `json:"confirm_heartbeats,omitempty"`
-	Keys              map[string]string           `json:"keys"` // role → key id
-	Counts            *policyguard.RotationCounts `json:"counts,omitempty"`
-	ConfirmedPercent  float64                     `json:"confirmed_percent"`
-	PlaintextClients  int                         `json:"plaintext_clients"`
-	Stragglers        *StragglerPage              `json:"stragglers,omitempty"`
+	Now               time.Time                     `json:"now"`
+	Rotation          bool                          `json:"rotation"` // false: no rotation configured
+	Window            *rotationtable.Window         `json:"window,omitempty"`
+	Grace             string                        `json:"grace,omitempty"`
+	GraceEnds         *time.Time                    `json:"grace_ends,omitempty"`
+	ConfirmHeartbeats uint32                        `json:"confirm_heartbeats,omitempty"`
+	Keys              map[string]string             `json:"keys"` // role → key id
+	Counts            *rotationtable.RotationCounts `json:"counts,omitempty"`
+	ConfirmedPercent  float64                       `json:"confirmed_percent"`
+	PlaintextClients  int                           `json:"plaintext_clients"`
+	Stragglers        *StragglerPage                `json:"stragglers,omitempty"`
 }
 
 // StragglerPage is one page of unconfirmed clients, longest silent first.
 type StragglerPage struct {
-	Page    int                     `json:"page"`
-	Size    int                     `json:"size"`
-	Total   int                     `json:"total"`
-	Clients []policyguard.Straggler `json:"clients"`
+	Page    int                       `json:"page"`
+	Size    int                       `json:"size"`
+	Total   int                       `json:"total"`
+	Clients []rotationtable.Straggler `json:"clients"`
 }
 
 func serveRotationStatus(w http.ResponseWriter, r *http.Request) error {
@@ -113,7 +113,7 @@ func (a *App) status(page, size int) RotationStatus {
 	c := a.table.Counts(now)
 	list, total := a.table.Stragglers(page, size)
 	st.Rotation = true
-	st.Window = &policyguard.Window{Start: p.Window.Start.UTC(), End: p.Window.End.UTC()}
+	st.Window = &rotationtable.Window{Start: p.Window.Start.UTC(), End: p.Window.End.UTC()}
 	st.Grace = p.Grace.String()
 	st.GraceEnds = &ends
 	st.ConfirmHeartbeats = p.ConfirmHeartbeats

@@ -25,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/legacygate/legacygate/internal/rotationtable"
 	"github.com/legacygate/legacygate/policyguard"
 )
 
@@ -96,7 +97,7 @@ type App struct {
 	current, next *policyguard.Signer
 	queryKey      string // set when ClientID is one query parameter
 	heartbeat     requestMatcher
-	table         *policyguard.RotationTable
+	table         *rotationtable.RotationTable
 	store         *rotationStore
 	logger        *zap.Logger
 	now           func() time.Time
@@ -126,7 +127,7 @@ type SigningKeyConfig struct {
 type RotationConfig struct {
 	// Window is when the next certificate is distributed (RFC 3339 times;
 	// start inclusive, end exclusive).
-	Window policyguard.Window `json:"window"`
+	Window rotationtable.Window `json:"window"`
 	// ConfirmHeartbeats heartbeats after the anchor fetch confirm a client.
 	// Default 3 (the vendor's "three heartbeat cycles").
 	ConfirmHeartbeats int `json:"confirm_heartbeats,omitempty"`
@@ -224,7 +225,7 @@ func (a *App) provisionStorage(ctx caddy.Context) error {
 
 func (a *App) provisionRotation(ctx caddy.Context) error {
 	r := a.Rotation
-	table, err := policyguard.NewRotationTable(policyguard.RotationPolicy{
+	table, err := rotationtable.NewRotationTable(rotationtable.RotationPolicy{
 		Window:            r.Window,
 		ConfirmHeartbeats: uint32(r.ConfirmHeartbeats),
 		Grace:             time.Duration(r.Grace),
@@ -588,7 +589,7 @@ func queryValue(raw, key string) string {
 
 // signerFor picks the key that signs the payload sent in answer to r, or
 // reports that the payload is held: r's client fetched the next certificate
-// and has not confirmed it, so no key is safe (see policyguard.KeyHold).
+// and has not confirmed it, so no key is safe (see rotationtable.KeyHold).
 func (a *App) signerFor(r *http.Request) (signer *policyguard.Signer, hold bool) {
 	return a.signerForClient(a.clientID(r), a.now())
 }
@@ -602,9 +603,9 @@ func (a *App) signerForClient(id string, now time.Time) (signer *policyguard.Sig
 		return a.current, false
 	}
 	switch a.table.Decide(id, now) {
-	case policyguard.KeyNext:
+	case rotationtable.KeyNext:
 		return a.next, false
-	case policyguard.KeyHold:
+	case rotationtable.KeyHold:
 		return nil, true
 	}
 	return a.current, false
@@ -732,19 +733,19 @@ func registerRotationGauges(reg prometheus.Registerer) (rotationGauges, error) {
 
 // updateGauges sets the gauges from the table (zero without a rotation).
 func (a *App) updateGauges() {
-	var c policyguard.RotationCounts
+	var c rotationtable.RotationCounts
 	if a.table != nil {
 		c = a.table.Counts(a.now())
 	}
-	a.gauges.clients.WithLabelValues(string(policyguard.ProgressUnseen)).Set(float64(c.Unseen))
-	a.gauges.clients.WithLabelValues(string(policyguard.ProgressPending)).Set(float64(c.Pending))
-	a.gauges.clients.WithLabelValues(string(policyguard.ProgressAnchorFetched)).Set(float64(c.AnchorFetched))
-	a.gauges.clients.WithLabelValues(string(policyguard.ProgressConfirmed)).Set(float64(c.Confirmed))
+	a.gauges.clients.WithLabelValues(string(rotationtable.ProgressUnseen)).Set(float64(c.Unseen))
+	a.gauges.clients.WithLabelValues(string(rotationtable.ProgressPending)).Set(float64(c.Pending))
+	a.gauges.clients.WithLabelValues(string(rotationtable.ProgressAnchorFetched)).Set(float64(c.AnchorFetched))
+	a.gauges.clients.WithLabelValues(string(rotationtable.ProgressConfirmed)).Set(float64(c.Confirmed))
 	a.gauges.plaintext.Set(float64(c.Plaintext))
 	a.gauges.ratio.Set(confirmedRatio(c))
 }
 
-func confirmedRatio(c policyguard.RotationCounts) float64 {
+func confirmedRatio(c rotationtable.RotationCounts) float64 {
 	if c.Tracked == 0 {
 		return 0
 	}
@@ -907,7 +908,7 @@ func (r *RotationConfig) unmarshalWindow(d *caddyfile.Dispenser) error {
 		}
 		times[i] = t.UTC()
 	}
-	r.Window = policyguard.Window{Start: times[0], End: times[1]}
+	r.Window = rotationtable.Window{Start: times[0], End: times[1]}
 	return nil
 }
 

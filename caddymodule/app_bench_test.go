@@ -9,7 +9,7 @@ import (
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 
-	"github.com/legacygate/legacygate/policyguard"
+	"github.com/legacygate/legacygate/internal/rotationtable"
 )
 
 // BenchmarkAppKeyDecision compares the app's per-request decision (client
@@ -40,7 +40,7 @@ func BenchmarkRotationStoreSync(b *testing.B) {
 	clock := &testClock{now: inWindow}
 	dir := b.TempDir()
 	storage := &certmagic.FileStorage{Path: dir}
-	tables := make([]*policyguard.RotationTable, 2)
+	tables := make([]*rotationtable.RotationTable, 2)
 	stores := make([]*rotationStore, 2)
 	for i := range tables {
 		tables[i] = benchApp(b, clock, 100_000).table
@@ -83,8 +83,8 @@ func BenchmarkRotationStoreSync(b *testing.B) {
 func benchApp(b *testing.B, clock *testClock, clients int) *App {
 	b.Helper()
 	a := &App{}
-	table, err := policyguard.NewRotationTable(policyguard.RotationPolicy{
-		Window: policyguard.Window{Start: windowStart, End: windowEnd}, Grace: 90 * 24 * time.Hour,
+	table, err := rotationtable.NewRotationTable(rotationtable.RotationPolicy{
+		Window: rotationtable.Window{Start: windowStart, End: windowEnd}, Grace: 90 * 24 * time.Hour,
 	}, clients)
 	if err != nil {
 		b.Fatal(err)

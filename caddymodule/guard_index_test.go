@@ -1,7 +1,6 @@
 package caddymodule
 
 import (
-	"bytes"
 	"encoding/xml"
 	"net/http"
 	"net/http/httptest"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/legacygate/legacygate/internal/xmlscan"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -142,7 +142,7 @@ func TestIndexSerialDiffersWhereTheSettingsDiffer(t *testing.T) {
 }
 
 func TestIndexSerialPassesOtherIndexesUnchanged(t *testing.T) {
-	deep := strings.Repeat("<a>", maxIndexDepth) + `<SyLink Serial="1"/>` + strings.Repeat("</a>", maxIndexDepth)
+	deep := strings.Repeat("<a>", xmlscan.MaxDepth) + `<SyLink Serial="1"/>` + strings.Repeat("</a>", xmlscan.MaxDepth)
 	tests := []struct {
 		name   string
 		body   string
@@ -252,57 +252,6 @@ func TestIndexSerialHeadHasTheRewrittenLength(t *testing.T) {
 	}
 	if get.Body.Len() != len(sepmIndex)+len("-lg12345678") {
 		t.Fatalf("GET body %d bytes, want the manager's %d plus the suffix", get.Body.Len(), len(sepmIndex))
-	}
-}
-
-// FuzzSerialValueEnd checks that the scan never panics and that, on a
-// document encoding/xml reads, appending at the offset found changes
-// exactly the attribute encoding/xml sees.
-func FuzzSerialValueEnd(f *testing.F) {
-	for _, s := range []string{sepmIndex, `<Index><a><SyLink Serial='x'/></a></Index>`, `<Index><!--c--><?p?><![CDATA[<]]></Index>`,
-		`<!DOCTYPE Index [<!ENTITY e "v">]><Index><SyLink Serial="&e;"/></Index>`, `<x:Index><x:SyLink Serial="1"></x:SyLink></x:Index>`} {
-		f.Add([]byte(s))
-	}
-	f.Fuzz(func(t *testing.T, doc []byte) {
-		at, err := serialValueEnd(doc, "SyLink", "Serial")
-		if err != nil || at < 0 {
-			return
-		}
-		before, ok := xmlSerial(doc)
-		if !ok {
-			return
-		}
-		changed := append(append(bytes.Clone(doc[:at]), "-lgabcdef01"...), doc[at:]...)
-		after, ok := xmlSerial(changed)
-		if !ok || after != before+"-lgabcdef01" {
-			t.Fatalf("serial %q became %q (readable %v) in %q", before, after, ok, changed)
-		}
-	})
-}
-
-// xmlSerial is encoding/xml's view of the first SyLink Serial under the
-// root, for a document it reads without error to the end.
-func xmlSerial(doc []byte) (string, bool) {
-	d := xml.NewDecoder(bytes.NewReader(doc))
-	serial, found, depth := "", false, 0
-	for {
-		tok, err := d.Token()
-		if err != nil {
-			return serial, found && err.Error() == "EOF"
-		}
-		switch t := tok.(type) {
-		case xml.StartElement:
-			if depth > 0 && !found && t.Name.Local == "SyLink" {
-				for _, a := range t.Attr {
-					if a.Name.Space == "" && a.Name.Local == "Serial" {
-						serial, found = a.Value, true
-					}
-				}
-			}
-			depth++
-		case xml.EndElement:
-			depth--
-		}
 	}
 }
 

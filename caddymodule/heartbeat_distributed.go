@@ -17,7 +17,7 @@ import (
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 
-	"github.com/legacygate/legacygate/caddymodule/limiter"
+	"github.com/legacygate/legacygate/internal/limiter"
 )
 
 // HeartbeatDistributed makes heartbeat_limit instances that share a storage

@@ -29,7 +29,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
-	"github.com/legacygate/legacygate/caddymodule/limiter"
+	"github.com/legacygate/legacygate/internal/limiter"
+	"github.com/legacygate/legacygate/internal/xmlscan"
 )
 
 func init() {
@@ -869,7 +870,7 @@ func heartbeatXMLBodyKey(r *http.Request, element string) (string, bool) {
 	if err != nil {
 		return "", false
 	}
-	return limiter.XMLElementText(prefix, element)
+	return xmlscan.ElementText(prefix, element)
 }
 
 // heartbeatEscaped reports whether a query component needs unescaping.

@@ -9,7 +9,6 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/pem"
-	"encoding/xml"
 	"errors"
 	"io"
 	"math/big"
@@ -352,72 +351,6 @@ func TestPolicyGuardLogsSeenCertificates(t *testing.T) {
 	}
 }
 
-func TestDocumentRoot(t *testing.T) {
-	tests := []struct {
-		body, root, reason string
-	}{
-		{"", "", ""},
-		{"OK", "", ""},
-		{"  \n", "", ""},
-		{"\x1f\x8b\x08\x00", "", ""},
-		{"<Profile/>", "Profile", ""},
-		{"\xef\xbb\xbf <Profile a='1'>", "Profile", ""},
-		{"<ds:ServerSettings\n xmlns:ds='x'>", "ServerSettings", ""},
-		{`<?xml version="1.0" encoding="UTF-8"?><!--x--><?pi x?><Index>`, "Index", ""},
-		{`<!DOCTYPE Profile SYSTEM "a>b"><Profile>`, "Profile", ""},
-		{`<!DOCTYPE x [<!ENTITY e '<Index>'> <?pi ]>?> <!-- ' -->]><Profile>`, "Profile", ""},
-		{"<Profile", "", reasonMalformed},
-		{"<", "", reasonMalformed},
-		{"<!-- open", "", reasonMalformed},
-		{"<?xml version='1.0'?>text<Profile/>", "", reasonMalformed},
-		{"<?xml version='1.0'?>", "", reasonMalformed},
-		{"<!DOCTYPE x [<!ENTITY e 'open>", "", reasonMalformed},
-		{"<![CDATA[<Index/>]]><Profile/>", "", reasonMalformed},
-		{"<:Profile/>", "", reasonMalformed},
-		{"<a:b:Profile/>", "", reasonMalformed},
-		{"<a:/>", "", reasonMalformed},
-		{"\xfe\xff\x00<", "", reasonXMLEncoding},
-		{"<\x00P\x00", "", reasonXMLEncoding},
-	}
-	for _, tc := range tests {
-		root, err := documentRoot([]byte(tc.body))
-		reason := ""
-		var ref *refusal
-		if errors.As(err, &ref) {
-			reason = ref.reason
-		} else if err != nil {
-			t.Errorf("documentRoot(%q): error %v without a reason", tc.body, err)
-		}
-		if string(root) != tc.root || reason != tc.reason {
-			t.Errorf("documentRoot(%q) = %q, %q; want %q, %q", tc.body, root, reason, tc.root, tc.reason)
-		}
-	}
-}
-
-// FuzzDocumentRoot checks that the root scan never panics, finds a root only
-// in XML, and agrees with encoding/xml on the root of well-formed documents.
-func FuzzDocumentRoot(f *testing.F) {
-	for _, seed := range []string{signedProfile, indexDoc, "OK", `<!DOCTYPE x [<!ENTITY e "]>">]><Profile/>`, "\xef\xbb\xbf<a:b/>"} {
-		f.Add([]byte(seed))
-	}
-	f.Fuzz(func(t *testing.T, body []byte) {
-		root, err := documentRoot(body)
-		if err != nil {
-			var ref *refusal
-			if !errors.As(err, &ref) {
-				t.Fatalf("error without a reason: %v", err)
-			}
-			return
-		}
-		if root == nil {
-			return
-		}
-		if want, ok := xmlRoot(body); ok && want != string(root) {
-			t.Fatalf("documentRoot = %q, encoding/xml says %q", root, want)
-		}
-	})
-}
-
 func TestPolicyGuardCaddyfileSyntax(t *testing.T) {
 	tests := []struct {
 		name  string
@@ -501,29 +434,6 @@ func TestPolicyGuardValidateNamesTheField(t *testing.T) {
 	}
 }
 
-func TestRegisterCollectorSurvivesReloads(t *testing.T) {
-	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "reload_test_total"})
-	first := prometheus.NewPedanticRegistry()
-	for range 2 {
-		if got, err := registerCollector(first, c); err != nil || got != c {
-			t.Fatalf("registering on the same registry: %v, %v", got, err)
-		}
-	}
-	c.Inc()
-	other := prometheus.NewCounter(prometheus.CounterOpts{Name: "reload_test_total"})
-	got, err := registerCollector(first, other)
-	if err != nil || got != c {
-		t.Fatalf("an equal collector registered elsewhere was not reused: %v, %v", got, err)
-	}
-	if got, err := registerCollector(prometheus.NewPedanticRegistry(), c); err != nil || testutil.ToFloat64(got) != 1 {
-		t.Fatalf("the count did not carry over to the next configuration's registry: %v", err)
-	}
-	clash := prometheus.NewGauge(prometheus.GaugeOpts{Name: "reload_test_total", Help: "different"})
-	if _, err := registerCollector(first, clash); err == nil {
-		t.Fatal("a conflicting collector was accepted")
-	}
-}
-
 // BenchmarkPolicyGuardPassThrough measures the handler on responses it lets
 // through unchanged (reported allocations are the handler's plus the test
 // recorder's).
@@ -557,23 +467,6 @@ func (d *discardWriter) WriteHeader(int)             {}
 func base64Std(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
 
 // xmlRoot is encoding/xml's view of a well-formed document's root element.
-func xmlRoot(body []byte) (string, bool) {
-	d := xml.NewDecoder(bytes.NewReader(body))
-	root := ""
-	for {
-		tok, err := d.RawToken()
-		if errors.Is(err, io.EOF) {
-			return root, root != ""
-		}
-		if err != nil {
-			return "", false
-		}
-		if start, ok := tok.(xml.StartElement); ok && root == "" {
-			root = start.Name.Local
-		}
-	}
-}
-
 func equalConfig(a, b PolicyGuard) bool { return reflect.DeepEqual(a, b) }
 
 // guardFiles are PEM files for a real pipeline: the manager's certificate,

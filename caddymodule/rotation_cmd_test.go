@@ -6,24 +6,24 @@ import (
 	"testing"
 	"time"
 
-	"github.com/legacygate/legacygate/policyguard"
+	"github.com/legacygate/legacygate/internal/rotationtable"
 )
 
 func TestRotationStatusTableShowsProgressAndStragglers(t *testing.T) {
 	ends := windowEnd.Add(90 * 24 * time.Hour)
 	st := RotationStatus{
 		Rotation:          true,
-		Window:            &policyguard.Window{Start: windowStart, End: windowEnd},
+		Window:            &rotationtable.Window{Start: windowStart, End: windowEnd},
 		Grace:             "2160h0m0s",
 		GraceEnds:         &ends,
 		ConfirmHeartbeats: 3,
 		Keys:              map[string]string{"current": "aaaa", "next": "bbbb"},
-		Counts:            &policyguard.RotationCounts{Phase: "open", Tracked: 4, Pending: 2, AnchorFetched: 1, Confirmed: 1, Plaintext: 2},
+		Counts:            &rotationtable.RotationCounts{Phase: "open", Tracked: 4, Pending: 2, AnchorFetched: 1, Confirmed: 1, Plaintext: 2},
 		ConfirmedPercent:  25,
 		PlaintextClients:  2,
-		Stragglers: &StragglerPage{Page: 1, Size: 2, Total: 3, Clients: []policyguard.Straggler{
-			{Client: "pc-\x1b[31mred", Progress: policyguard.ProgressPending, ClientState: policyguard.ClientState{LastSeen: inWindow}},
-			{Client: "pc-2", Progress: policyguard.ProgressAnchorFetched, ClientState: policyguard.ClientState{LastSeen: inWindow, AnchorFetched: inWindow, HeartbeatsSince: 2, SeenPlaintext: true}},
+		Stragglers: &StragglerPage{Page: 1, Size: 2, Total: 3, Clients: []rotationtable.Straggler{
+			{Client: "pc-\x1b[31mred", Progress: rotationtable.ProgressPending, ClientState: rotationtable.ClientState{LastSeen: inWindow}},
+			{Client: "pc-2", Progress: rotationtable.ProgressAnchorFetched, ClientState: rotationtable.ClientState{LastSeen: inWindow, AnchorFetched: inWindow, HeartbeatsSince: 2, SeenPlaintext: true}},
 		}},
 	}
 	var out bytes.Buffer

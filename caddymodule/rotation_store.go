@@ -14,7 +14,7 @@ import (
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 
-	"github.com/legacygate/legacygate/policyguard"
+	"github.com/legacygate/legacygate/internal/rotationtable"
 )
 
 // storageTimeout bounds one round of storage operations.
@@ -79,7 +79,7 @@ func (s *rotationStore) forget(key string) {
 	delete(s.merged, key)
 }
 
-func newRotationStore(storage certmagic.Storage, w policyguard.Window, instance string, purgeAge time.Duration, logger *zap.Logger) *rotationStore {
+func newRotationStore(storage certmagic.Storage, w rotationtable.Window, instance string, purgeAge time.Duration, logger *zap.Logger) *rotationStore {
 	window := strconv.FormatInt(w.Start.Unix(), 10) + "-" + strconv.FormatInt(w.End.Unix(), 10)
 	return &rotationStore{
 		storage:  storage,
@@ -107,7 +107,7 @@ type loadStats struct {
 // (one instance's bad write must not stop the others); failing to list the
 // folder or to read this instance's own file is an error, since saving
 // after that could lose progress.
-func (s *rotationStore) load(ctx context.Context, table *policyguard.RotationTable, now time.Time) (loadStats, error) {
+func (s *rotationStore) load(ctx context.Context, table *rotationtable.RotationTable, now time.Time) (loadStats, error) {
 	var st loadStats
 	keys, err := s.storage.List(ctx, s.dir, false)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -129,7 +129,7 @@ func (s *rotationStore) load(ctx context.Context, table *policyguard.RotationTab
 		switch {
 		case err == nil:
 			st.files++
-		case own && !errors.Is(err, policyguard.ErrRotationSnapshot):
+		case own && !errors.Is(err, rotationtable.ErrRotationSnapshot):
 			return st, err
 		default:
 			st.skipped++
@@ -139,7 +139,7 @@ func (s *rotationStore) load(ctx context.Context, table *policyguard.RotationTab
 	return st, nil
 }
 
-func (s *rotationStore) merge(ctx context.Context, table *policyguard.RotationTable, key string, now time.Time) error {
+func (s *rotationStore) merge(ctx context.Context, table *rotationtable.RotationTable, key string, now time.Time) error {
 	data, err := s.storage.Load(ctx, key)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil // purged by another instance since the listing
@@ -150,7 +150,7 @@ func (s *rotationStore) merge(ctx context.Context, table *policyguard.RotationTa
 	if s.unchanged(key, data) {
 		return nil
 	}
-	snap, err := policyguard.DecodeRotationSnapshot(data)
+	snap, err := rotationtable.DecodeRotationSnapshot(data)
 	if err != nil {
 		return fmt.Errorf("%s: %w", key, err)
 	}
@@ -183,7 +183,7 @@ func (s *rotationStore) purge(ctx context.Context, key string) bool {
 }
 
 // save writes table as this instance's file.
-func (s *rotationStore) save(ctx context.Context, table *policyguard.RotationTable) error {
+func (s *rotationStore) save(ctx context.Context, table *rotationtable.RotationTable) error {
 	data, err := table.Snapshot().MarshalBinary()
 	if err != nil {
 		return fmt.Errorf("encoding rotation progress: %w", err)
@@ -197,7 +197,7 @@ func (s *rotationStore) save(ctx context.Context, table *policyguard.RotationTab
 
 // sync merges every instance's progress into table, then saves it, holding
 // the lock on this instance's file. A failed load saves nothing.
-func (s *rotationStore) sync(ctx context.Context, table *policyguard.RotationTable, now time.Time) error {
+func (s *rotationStore) sync(ctx context.Context, table *rotationtable.RotationTable, now time.Time) error {
 	lock := s.key(s.self)
 	if err := s.storage.Lock(ctx, lock); err != nil {
 		return fmt.Errorf("locking %s: %w", lock, err)

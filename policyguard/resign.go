@@ -1,13 +1,14 @@
 package policyguard
 
 import (
-	"container/list"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"sync"
 
 	"github.com/beevik/etree"
+
+	"github.com/legacygate/legacygate/internal/payloadcache"
 )
 
 // Transform rewrites a verified document before it is re-signed. ID names
@@ -29,18 +30,11 @@ type CacheStats struct {
 // served by one computation. It is safe for concurrent use.
 type Resigner struct {
 	verifier *Verifier
-	maxBytes int64
+	cache    *payloadcache.LRU[string, []byte]
 
 	mu       sync.Mutex
-	lru      *list.List // of *cacheEntry, most recent first
-	entries  map[string]*list.Element
 	inflight map[string]*flight
 	stats    CacheStats
-}
-
-type cacheEntry struct {
-	key string
-	out []byte
 }
 
 // flight is one computation that concurrent callers wait for.
@@ -55,9 +49,7 @@ type flight struct {
 func NewResigner(v *Verifier, cacheBytes int64) *Resigner {
 	return &Resigner{
 		verifier: v,
-		maxBytes: max(cacheBytes, 0),
-		lru:      list.New(),
-		entries:  map[string]*list.Element{},
+		cache:    payloadcache.New(cacheBytes, entrySize),
 		inflight: map[string]*flight{},
 	}
 }
@@ -68,10 +60,8 @@ func NewResigner(v *Verifier, cacheBytes int64) *Resigner {
 func (r *Resigner) Resign(doc []byte, s *Signer, t Transform) ([]byte, error) {
 	key := cacheKey(doc, s, t)
 	r.mu.Lock()
-	if e, ok := r.entries[key]; ok {
-		r.lru.MoveToFront(e)
+	if out, ok := r.cache.Get(key); ok {
 		r.stats.Hits++
-		out := e.Value.(*cacheEntry).out
 		r.mu.Unlock()
 		return out, nil
 	}
@@ -91,7 +81,7 @@ func (r *Resigner) Resign(doc []byte, s *Signer, t Transform) ([]byte, error) {
 	r.mu.Lock()
 	delete(r.inflight, key)
 	if f.err == nil {
-		r.store(key, f.out)
+		r.cache.Put(key, f.out)
 	}
 	r.mu.Unlock()
 	close(f.done)
@@ -139,28 +129,14 @@ func (r *Resigner) slowResign(doc []byte, s *Signer, t Transform) ([]byte, error
 	return s.signOwned(root)
 }
 
-// store adds an entry and evicts least recently used ones; r.mu is held.
-func (r *Resigner) store(key string, out []byte) {
-	size := int64(len(key) + len(out))
-	if size > r.maxBytes {
-		return
-	}
-	r.entries[key] = r.lru.PushFront(&cacheEntry{key: key, out: out})
-	r.stats.Bytes += size
-	for r.stats.Bytes > r.maxBytes {
-		oldest := r.lru.Back()
-		e := oldest.Value.(*cacheEntry)
-		r.lru.Remove(oldest)
-		delete(r.entries, e.key)
-		r.stats.Bytes -= int64(len(e.key) + len(e.out))
-	}
-}
+// entrySize is what one cached output costs, its key included.
+func entrySize(key string, out []byte) int64 { return int64(len(key) + len(out)) }
 
 // Stats returns a snapshot of the cache counters.
 func (r *Resigner) Stats() CacheStats {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	st := r.stats
-	st.Entries = len(r.entries)
+	st.Bytes, st.Entries = r.cache.Bytes(), r.cache.Len()
 	return st
 }

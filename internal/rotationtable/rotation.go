@@ -1,4 +1,7 @@
-package policyguard
+// Package rotationtable keeps each client's progress through a signing key
+// rotation window, bounded in memory, and decides which key signs its
+// payloads. Snapshots carry that progress between gateway instances.
+package rotationtable
 
 import (
 	"crypto/sha256"

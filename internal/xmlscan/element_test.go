@@ -1,11 +1,11 @@
-package limiter
+package xmlscan
 
 import (
 	"strings"
 	"testing"
 )
 
-func TestXMLElementText(t *testing.T) {
+func TestElementText(t *testing.T) {
 	tests := []struct {
 		name, doc, want string
 		ok              bool
@@ -22,33 +22,33 @@ func TestXMLElementText(t *testing.T) {
 		{"malformed before", `<a><<DeviceID>1</DeviceID></a>`, "", false},
 		{"mismatched end", `<a><DeviceID>1</b></a>`, "", false},
 		{"unknown entity", `<!DOCTYPE a [<!ENTITY e "boom">]><a><DeviceID>&e;</DeviceID></a>`, "", false},
-		{"too long", `<a><DeviceID>` + strings.Repeat("x", MaxXMLKey+1) + `</DeviceID></a>`, "", false},
+		{"too long", `<a><DeviceID>` + strings.Repeat("x", MaxElementText+1) + `</DeviceID></a>`, "", false},
 		{"not XML", `{"DeviceID":"1"}`, "", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, ok := XMLElementText([]byte(tt.doc), "DeviceID")
+			got, ok := ElementText([]byte(tt.doc), "DeviceID")
 			if got != tt.want || ok != tt.ok {
-				t.Fatalf("XMLElementText = %q, %v; want %q, %v", got, ok, tt.want, tt.ok)
+				t.Fatalf("ElementText = %q, %v; want %q, %v", got, ok, tt.want, tt.ok)
 			}
 		})
 	}
 }
 
-func FuzzXMLElementText(f *testing.F) {
+func FuzzElementText(f *testing.F) {
 	f.Add([]byte(`<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><DeviceID>DEV-1</DeviceID></s:Body></s:Envelope>`), "DeviceID")
 	f.Add([]byte(`<a><DeviceID>x&amp;<![CDATA[y]]></DeviceID></a>`), "DeviceID")
 	f.Add([]byte(`<!DOCTYPE a [<!ENTITY e "boom">]><a><DeviceID>&e;</DeviceID></a>`), "DeviceID")
 	f.Add([]byte(`<a><DeviceID>DEV-`), "DeviceID")
 	f.Fuzz(func(t *testing.T, doc []byte, element string) {
-		got, ok := XMLElementText(doc, element)
+		got, ok := ElementText(doc, element)
 		if !ok {
 			if got != "" {
 				t.Fatalf("not found but returned %q", got)
 			}
 			return
 		}
-		if got == "" || len(got) > MaxXMLKey || strings.TrimSpace(got) != got {
+		if got == "" || len(got) > MaxElementText || strings.TrimSpace(got) != got {
 			t.Fatalf("found a value that is empty, untrimmed or too long: %q", got)
 		}
 	})

@@ -1,4 +1,4 @@
-package limiter
+package xmlscan
 
 import (
 	"bytes"
@@ -6,15 +6,15 @@ import (
 	"strings"
 )
 
-// MaxXMLKey bounds the text XMLElementText returns.
-const MaxXMLKey = 1024
+// MaxElementText bounds the text ElementText returns.
+const MaxElementText = 1024
 
-// XMLElementText returns the trimmed text of the first element whose local
+// ElementText returns the trimmed text of the first element whose local
 // name is element in doc, which may be only the beginning of a document.
 // It reports false when the element is absent, empty, longer than
-// MaxXMLKey, holds child elements, or the XML is malformed before the
+// MaxElementText, holds child elements, or the XML is malformed before the
 // element ends.
-func XMLElementText(doc []byte, element string) (string, bool) {
+func ElementText(doc []byte, element string) (string, bool) {
 	dec := xml.NewDecoder(bytes.NewReader(doc))
 	dec.Strict = true
 	for {
@@ -38,7 +38,7 @@ func elementText(dec *xml.Decoder) (string, bool) {
 		}
 		switch t := tok.(type) {
 		case xml.CharData:
-			if text.Len()+len(t) > MaxXMLKey {
+			if text.Len()+len(t) > MaxElementText {
 				return "", false
 			}
 			text.Write(t)

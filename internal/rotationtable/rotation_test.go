@@ -1,4 +1,4 @@
-package policyguard
+package rotationtable
 
 import (
 	"bytes"
