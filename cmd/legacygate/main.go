@@ -6,7 +6,7 @@ import (
 
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
-	_ "github.com/legacygate/legacygate/caddymodule"
+	_ "github.com/legacygate/legacygate/caddymodule/standard"
 	_ "github.com/legacygate/legacygate/integration/demo"
 )
 

@@ -19,7 +19,7 @@ import (
 	// modules (and the Caddyfile adapter) and legacygate's own.
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
-	_ "github.com/legacygate/legacygate/caddymodule"
+	_ "github.com/legacygate/legacygate/caddymodule/standard"
 )
 
 func init() {

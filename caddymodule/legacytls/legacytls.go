@@ -1,25 +1,22 @@
-package caddymodule
+package legacytls
 
 import (
 	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
-	"crypto/x509"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptrace"
 	"slices"
-	"strings"
 	"sync"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"github.com/legacygate/legacygate/caddymodule/internal/metrics"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 )
@@ -106,7 +103,7 @@ func (l *LegacyTLS) Provision(ctx caddy.Context) error {
 	if slices.Contains(l.Versions, "3") || slices.Contains(l.Versions, "h2c") {
 		return errors.New("legacy_tls: versions: HTTP/3 and h2c are not supported, use 1.1 and/or 2")
 	}
-	if l.handshakes, err = registerCollector(ctx.GetMetricsRegistry(), legacyTLSHandshakes); err != nil {
+	if l.handshakes, err = metrics.Register(ctx.GetMetricsRegistry(), legacyTLSHandshakes); err != nil {
 		return fmt.Errorf("legacy_tls: %w", err)
 	}
 	if err := l.HTTPTransport.Provision(ctx); err != nil {
@@ -312,47 +309,6 @@ func (b *bufferedBody) finish() error {
 	return b.err
 }
 
-// PinMismatchError is the handshake error when the upstream's key is not pinned.
-type PinMismatchError struct {
-	Seen     string   // the pin of the key the upstream presented
-	Expected []string // the configured pins
-	Subject  string   // the upstream certificate's subject
-	Version  uint16   // the TLS version negotiated
-}
-
-func (e *PinMismatchError) Error() string {
-	return fmt.Sprintf("legacy_tls: upstream key %s (%s) matches none of the pins %s",
-		e.Seen, e.Subject, strings.Join(e.Expected, ", "))
-}
-
-// ParsePin decodes "sha256/<base64 of the SHA-256 of a SubjectPublicKeyInfo>".
-func ParsePin(s string) ([sha256.Size]byte, error) {
-	var sum [sha256.Size]byte
-	b64, ok := strings.CutPrefix(s, "sha256/")
-	if !ok {
-		return sum, fmt.Errorf("pin %q: want sha256/<base64>", s)
-	}
-	raw, err := base64.StdEncoding.DecodeString(b64)
-	if err != nil {
-		return sum, fmt.Errorf("pin %q: bad base64: %w", s, err)
-	}
-	if len(raw) != sha256.Size {
-		return sum, fmt.Errorf("pin %q: %d bytes, want a %d-byte SHA-256", s, len(raw), sha256.Size)
-	}
-	copy(sum[:], raw)
-	return sum, nil
-}
-
-// FormatPin is the pin form of a SPKI SHA-256.
-func FormatPin(sum [sha256.Size]byte) string {
-	return "sha256/" + base64.StdEncoding.EncodeToString(sum[:])
-}
-
-// PinOf is the pin of a certificate.
-func PinOf(c *x509.Certificate) string {
-	return FormatPin(sha256.Sum256(c.RawSubjectPublicKeyInfo))
-}
-
 func parseTLSVersion(field, name string, fallback uint16) (uint16, error) {
 	if name == "" {
 		return fallback, nil
@@ -397,7 +353,7 @@ func parseCipherSuites(names []string) ([]uint16, error) {
 }
 
 // legacyTLSHandshakes counts pin checks by result and TLS version; declared
-// once so counts carry over reloads (see registerCollector).
+// once so counts carry over reloads (see metrics.Register).
 var legacyTLSHandshakes = prometheus.NewCounterVec(prometheus.CounterOpts{
 	Namespace: "legacygate",
 	Subsystem: "upstream_tls",
@@ -405,96 +361,11 @@ var legacyTLSHandshakes = prometheus.NewCounterVec(prometheus.CounterOpts{
 	Help:      "Upstream TLS handshakes of the legacy_tls transport that reached the pin check, by result and TLS version.",
 }, []string{"result", "tls_version"})
 
-// UnmarshalCaddyfile sets up the transport from Caddyfile tokens. Syntax:
-//
-//	transport legacy_tls {
-//	    pin sha256/<base64> [sha256/<base64>…]
-//	    min_version tls1.0|tls1.1|tls1.2|tls1.3
-//	    max_version tls1.0|tls1.1|tls1.2|tls1.3
-//	    cipher_suites <Go suite names…>
-//	    <any subdirective of the http transport>
-//	}
-//
-// `pin` may be repeated. Every other subdirective (dial_timeout, keepalive,
-// tls_server_name, tls_trust_pool, read_buffer, …) is handed to the http
-// transport's parser.
-func (l *LegacyTLS) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // the transport name
-	name := d.Token()
-	for d.NextBlock(0) {
-		switch d.Val() {
-		case "pin":
-			args := d.RemainingArgs()
-			if len(args) == 0 {
-				return d.ArgErr()
-			}
-			for _, p := range args {
-				if _, err := ParsePin(p); err != nil {
-					return d.Errf("pin: %v", err)
-				}
-			}
-			l.Pins = append(l.Pins, args...)
-		case "min_version", "max_version":
-			if err := l.unmarshalVersion(d); err != nil {
-				return err
-			}
-		case "cipher_suites":
-			args := d.RemainingArgs()
-			if len(args) == 0 {
-				return d.ArgErr()
-			}
-			l.CipherSuites = append(l.CipherSuites, args...)
-		default:
-			if err := l.unmarshalHTTPOption(name, d.NextSegment()); err != nil {
-				return err
-			}
-		}
-	}
-	if l.TLS == nil {
-		// Tells reverse_proxy the upstream speaks TLS whatever its address says.
-		l.TLS = new(reverseproxy.TLSConfig)
-	}
-	return nil
-}
-
-func (l *LegacyTLS) unmarshalVersion(d *caddyfile.Dispenser) error {
-	field := d.Val()
-	if !d.NextArg() {
-		return d.ArgErr()
-	}
-	v := d.Val()
-	if _, ok := tlsVersions[v]; !ok {
-		return d.Errf("%s: unknown TLS version %q, want tls1.0, tls1.1, tls1.2 or tls1.3", field, v)
-	}
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	if field == "min_version" {
-		l.MinVersion = v
-	} else {
-		l.MaxVersion = v
-	}
-	return nil
-}
-
-// unmarshalHTTPOption feeds one subdirective, wrapped in its own
-// `legacy_tls { … }` block, to the http transport's Caddyfile parser.
-func (l *LegacyTLS) unmarshalHTTPOption(name caddyfile.Token, seg caddyfile.Segment) error {
-	open := name
-	open.Text = "{"
-	closing := seg[len(seg)-1]
-	closing.Line++
-	closing.Text = "}"
-	tokens := slices.Concat([]caddyfile.Token{name, open}, seg, []caddyfile.Token{closing})
-	return l.HTTPTransport.UnmarshalCaddyfile(caddyfile.NewDispenser(tokens))
-}
-
 // Interface guards
 var (
 	_ caddy.Provisioner                                = (*LegacyTLS)(nil)
 	_ http.RoundTripper                                = (*LegacyTLS)(nil)
 	_ caddy.CleanerUpper                               = (*LegacyTLS)(nil)
-	_ caddyfile.Unmarshaler                            = (*LegacyTLS)(nil)
 	_ reverseproxy.TLSTransport                        = (*LegacyTLS)(nil)
 	_ reverseproxy.HealthCheckSchemeOverriderTransport = (*LegacyTLS)(nil)
 )

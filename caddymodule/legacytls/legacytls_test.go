@@ -1,4 +1,4 @@
-package caddymodule
+package legacytls
 
 import (
 	"bytes"
@@ -20,7 +20,6 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
 	"github.com/legacygate/legacygate/integration/certs"
@@ -97,108 +96,6 @@ func writeTestCAFile(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return file
-}
-
-func TestLegacyTLSUnmarshalCaddyfile(t *testing.T) {
-	tests := []struct {
-		name  string
-		input string
-		want  map[string]any // top-level JSON fields that must have these values
-	}{
-		{
-			name:  "pins, versions and suites",
-			input: "legacy_tls {\n pin " + testPin + "\n pin sha256/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n min_version tls1.0\n max_version tls1.2\n cipher_suites TLS_RSA_WITH_AES_128_CBC_SHA TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA\n}",
-			want: map[string]any{
-				"pins":          []any{testPin, "sha256/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="},
-				"min_version":   "tls1.0",
-				"max_version":   "tls1.2",
-				"cipher_suites": []any{"TLS_RSA_WITH_AES_128_CBC_SHA", "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA"},
-				"tls":           map[string]any{},
-			},
-		},
-		{
-			name:  "http transport options are delegated",
-			input: "legacy_tls {\n pin " + testPin + "\n dial_timeout 2s\n response_header_timeout 5s\n tls_server_name manager.example\n keepalive off\n read_buffer 8KiB\n}",
-			want: map[string]any{
-				"pins":                    []any{testPin},
-				"dial_timeout":            float64(2 * time.Second),
-				"response_header_timeout": float64(5 * time.Second),
-				"tls":                     map[string]any{"server_name": "manager.example"},
-				"keep_alive":              map[string]any{"enabled": false},
-				"read_buffer_size":        float64(8192),
-			},
-		},
-		{
-			name:  "nested block of an http option",
-			input: "legacy_tls {\n tls_trust_pool file {\n  pem_file /etc/manager-ca.pem\n }\n}",
-			want: map[string]any{
-				"tls": map[string]any{"ca": map[string]any{"provider": "file", "pem_files": []any{"/etc/manager-ca.pem"}}},
-			},
-		},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			var l LegacyTLS
-			if err := l.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.input)); err != nil {
-				t.Fatalf("UnmarshalCaddyfile: %v", err)
-			}
-			raw, err := json.Marshal(&l)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var got map[string]any
-			if err := json.Unmarshal(raw, &got); err != nil {
-				t.Fatal(err)
-			}
-			for k, v := range tc.want {
-				gotJSON, _ := json.Marshal(got[k])
-				wantJSON, _ := json.Marshal(v)
-				if string(gotJSON) != string(wantJSON) {
-					t.Errorf("%s = %s, want %s (all: %s)", k, gotJSON, wantJSON, raw)
-				}
-			}
-		})
-	}
-}
-
-func TestLegacyTLSUnmarshalCaddyfileErrors(t *testing.T) {
-	tests := []struct {
-		name, input, want string
-	}{
-		{"pin without argument", "legacy_tls {\n pin\n}", "pin"},
-		{"bad pin", "legacy_tls {\n pin sha1/abc\n}", "pin"},
-		{"unknown version", "legacy_tls {\n min_version sslv3\n}", "min_version"},
-		{"two versions", "legacy_tls {\n max_version tls1.2 tls1.3\n}", "argument"},
-		{"no suites", "legacy_tls {\n cipher_suites\n}", "argument"},
-		{"unknown subdirective", "legacy_tls {\n frobnicate\n}", "frobnicate"},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			var l LegacyTLS
-			err := l.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.input))
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("error = %v, want one containing %q", err, tc.want)
-			}
-		})
-	}
-}
-
-func TestParsePinRoundTrip(t *testing.T) {
-	pair, err := certs.New(certs.SHA1, "manager.test", 1024)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pin := PinOf(pair.Cert)
-	if pin != pair.Pin() {
-		t.Fatalf("PinOf = %s, certs.Pin = %s", pin, pair.Pin())
-	}
-	sum, err := ParsePin(pin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if FormatPin(sum) != pin {
-		t.Fatalf("FormatPin(ParsePin(%s)) = %s", pin, FormatPin(sum))
-	}
 }
 
 // legacyTLSTestServer is a TLS 1.0-only server with a SHA-1-signed certificate.
@@ -681,25 +578,6 @@ func benchTransport(b *testing.B, rt interface {
 		b.Fatal(err)
 	}
 	return rt
-}
-
-func FuzzParsePin(f *testing.F) {
-	for _, seed := range []string{testPin, "sha256/", "sha256/AAAA", "md5/" + testPin[7:], "sha256/!!!", ""} {
-		f.Add(seed)
-	}
-	f.Fuzz(func(t *testing.T, s string) {
-		sum, err := ParsePin(s)
-		if err != nil {
-			if !strings.Contains(err.Error(), "pin") {
-				t.Fatalf("error %q does not say it is about the pin", err)
-			}
-			return
-		}
-		again, err := ParsePin(FormatPin(sum))
-		if err != nil || again != sum {
-			t.Fatalf("FormatPin(ParsePin(%q)) does not parse back: %v", s, err)
-		}
-	})
 }
 
 // TestLegacyTLSSendsNothingOverHTTP2WhenTheSmallBodyCannotBeRead: over

@@ -1,0 +1,94 @@
+package legacytls
+
+import (
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"slices"
+)
+
+// UnmarshalCaddyfile sets up the transport from Caddyfile tokens. Syntax:
+//
+//	transport legacy_tls {
+//	    pin sha256/<base64> [sha256/<base64>…]
+//	    min_version tls1.0|tls1.1|tls1.2|tls1.3
+//	    max_version tls1.0|tls1.1|tls1.2|tls1.3
+//	    cipher_suites <Go suite names…>
+//	    <any subdirective of the http transport>
+//	}
+//
+// `pin` may be repeated. Every other subdirective (dial_timeout, keepalive,
+// tls_server_name, tls_trust_pool, read_buffer, …) is handed to the http
+// transport's parser.
+func (l *LegacyTLS) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // the transport name
+	name := d.Token()
+	for d.NextBlock(0) {
+		switch d.Val() {
+		case "pin":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			for _, p := range args {
+				if _, err := ParsePin(p); err != nil {
+					return d.Errf("pin: %v", err)
+				}
+			}
+			l.Pins = append(l.Pins, args...)
+		case "min_version", "max_version":
+			if err := l.unmarshalVersion(d); err != nil {
+				return err
+			}
+		case "cipher_suites":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			l.CipherSuites = append(l.CipherSuites, args...)
+		default:
+			if err := l.unmarshalHTTPOption(name, d.NextSegment()); err != nil {
+				return err
+			}
+		}
+	}
+	if l.TLS == nil {
+		// Tells reverse_proxy the upstream speaks TLS whatever its address says.
+		l.TLS = new(reverseproxy.TLSConfig)
+	}
+	return nil
+}
+
+func (l *LegacyTLS) unmarshalVersion(d *caddyfile.Dispenser) error {
+	field := d.Val()
+	if !d.NextArg() {
+		return d.ArgErr()
+	}
+	v := d.Val()
+	if _, ok := tlsVersions[v]; !ok {
+		return d.Errf("%s: unknown TLS version %q, want tls1.0, tls1.1, tls1.2 or tls1.3", field, v)
+	}
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	if field == "min_version" {
+		l.MinVersion = v
+	} else {
+		l.MaxVersion = v
+	}
+	return nil
+}
+
+// unmarshalHTTPOption feeds one subdirective, wrapped in its own
+// `legacy_tls { … }` block, to the http transport's Caddyfile parser.
+func (l *LegacyTLS) unmarshalHTTPOption(name caddyfile.Token, seg caddyfile.Segment) error {
+	open := name
+	open.Text = "{"
+	closing := seg[len(seg)-1]
+	closing.Line++
+	closing.Text = "}"
+	tokens := slices.Concat([]caddyfile.Token{name, open}, seg, []caddyfile.Token{closing})
+	return l.HTTPTransport.UnmarshalCaddyfile(caddyfile.NewDispenser(tokens))
+}
+
+// Interface guards.
+var _ caddyfile.Unmarshaler = (*LegacyTLS)(nil)

@@ -1,0 +1,10 @@
+// Package standard registers every legacygate Caddy module, as Caddy's
+// modules/standard does for Caddy's own: a binary imports it for its
+// side effects.
+package standard
+
+import (
+	// legacygate's modules, commands and directives.
+	_ "github.com/legacygate/legacygate/caddymodule"
+	_ "github.com/legacygate/legacygate/caddymodule/legacytls"
+)
