@@ -631,3 +631,14 @@ func TestAppReloadTakesOverTheRunningProgress(t *testing.T) {
 		t.Fatalf("right after the reload: %s, want next", got)
 	}
 }
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

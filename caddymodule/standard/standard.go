@@ -6,5 +6,6 @@ package standard
 import (
 	// legacygate's modules, commands and directives.
 	_ "github.com/legacygate/legacygate/caddymodule"
+	_ "github.com/legacygate/legacygate/caddymodule/heartbeatlimit"
 	_ "github.com/legacygate/legacygate/caddymodule/legacytls"
 )

@@ -1,19 +1,13 @@
-package caddymodule
+package heartbeatlimit
 
 import (
-	"bytes"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math"
 	"math/rand/v2"
 	"mime"
-	"net"
 	"net/http"
-	"net/textproto"
-	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -23,19 +17,19 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/legacygate/legacygate/internal/limiter"
-	"github.com/legacygate/legacygate/internal/xmlscan"
 )
 
 func init() {
 	caddy.RegisterModule(HeartbeatLimit{})
 	httpcaddyfile.RegisterHandlerDirective("heartbeat_limit", parseHeartbeatLimit)
+	// After plaintext_bridge, before xml_guard (see caddymodule/doc.go).
+	httpcaddyfile.RegisterDirectiveOrder("heartbeat_limit", httpcaddyfile.Before, "basic_auth")
 }
 
 // HeartbeatLimit limits how often each client may reach the manager, and how
@@ -126,7 +120,7 @@ type HeartbeatLimit struct {
 	// clients together.
 	Distributed *HeartbeatDistributed `json:"distributed,omitempty"`
 
-	parts          []heartbeatKeyPart
+	parts          []keyPart
 	interval       time.Duration
 	globalInterval time.Duration
 	seed           [limiter.SeedSize]byte
@@ -138,7 +132,7 @@ type HeartbeatLimit struct {
 	body           []byte
 	bodyType       string
 	logger         *zap.Logger
-	counts         heartbeatCounters
+	counts         counters
 	tracked        prometheus.Gauge
 	queue          prometheus.Gauge
 	stop           chan struct{}
@@ -153,48 +147,13 @@ func (HeartbeatLimit) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Rejection reasons, the values of the metrics' reason label and of
-// {http.heartbeat_limit.reason}.
 const (
-	heartbeatReasonKeyed     = "keyed"
-	heartbeatReasonFallback  = "fallback"
-	heartbeatReasonPerClient = "per_client"
-	heartbeatReasonGlobal    = "global"
+	defaultMaxClients = 1_000_000
+	defaultMaxWait    = time.Second
+	xmlPrefix         = 64 << 10
+	sweepEvery        = 30 * time.Second
+	gaugeEvery        = 2 * time.Second
 )
-
-const (
-	heartbeatDefaultMaxClients = 1_000_000
-	heartbeatDefaultMaxWait    = time.Second
-	heartbeatXMLPrefix         = 64 << 10
-	heartbeatSweepEvery        = 30 * time.Second
-	heartbeatGaugeEvery        = 2 * time.Second
-)
-
-var heartbeatMetrics = struct {
-	requests *prometheus.CounterVec
-	tracked  prometheus.Gauge
-	queue    prometheus.Gauge
-}{
-	requests: prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: "legacygate", Subsystem: "heartbeat_limit", Name: "requests_total",
-		Help: "Requests seen by heartbeat_limit, by outcome (allowed, limited) and reason (allowed: keyed, fallback; limited: per_client, fallback, global).",
-	}, []string{"outcome", "reason"}),
-	tracked: prometheus.NewGauge(prometheus.GaugeOpts{
-		Namespace: "legacygate", Subsystem: "heartbeat_limit", Name: "tracked_keys",
-		Help: "Client keys with a token bucket in memory, over all heartbeat_limit handlers.",
-	}),
-	queue: prometheus.NewGauge(prometheus.GaugeOpts{
-		Namespace: "legacygate", Subsystem: "heartbeat_limit", Name: "global_queue_depth",
-		Help: "Requests waiting for a global_rate slot.",
-	}),
-}
-
-// heartbeatCounters are the request counters resolved once, so counting
-// costs no allocation.
-type heartbeatCounters struct {
-	allowedKeyed, allowedFallback                    prometheus.Counter
-	limitedPerClient, limitedFallback, limitedGlobal prometheus.Counter
-}
 
 // Provision parses the configuration, takes the limiter state from the pool
 // (building it if no configuration holds it) and starts the distributed
@@ -250,28 +209,6 @@ func (h *HeartbeatLimit) provisionZone() error {
 	return nil
 }
 
-func (h *HeartbeatLimit) provisionMetrics(ctx caddy.Context) error {
-	reg := ctx.GetMetricsRegistry()
-	requests, err := registerCollector(reg, heartbeatMetrics.requests)
-	if err != nil {
-		return err
-	}
-	if h.tracked, err = registerCollector(reg, heartbeatMetrics.tracked); err != nil {
-		return err
-	}
-	if h.queue, err = registerCollector(reg, heartbeatMetrics.queue); err != nil {
-		return err
-	}
-	h.counts = heartbeatCounters{
-		allowedKeyed:     requests.WithLabelValues("allowed", heartbeatReasonKeyed),
-		allowedFallback:  requests.WithLabelValues("allowed", heartbeatReasonFallback),
-		limitedPerClient: requests.WithLabelValues("limited", heartbeatReasonPerClient),
-		limitedFallback:  requests.WithLabelValues("limited", heartbeatReasonFallback),
-		limitedGlobal:    requests.WithLabelValues("limited", heartbeatReasonGlobal),
-	}
-	return nil
-}
-
 func (h *HeartbeatLimit) provisionKey() error {
 	if h.XMLBodyElement != "" {
 		if len(h.Key) > 0 {
@@ -285,12 +222,12 @@ func (h *HeartbeatLimit) provisionKey() error {
 	if len(h.Key) == 0 {
 		h.Key = []string{"{http.vars.client_ip}"}
 	}
-	h.parts = make([]heartbeatKeyPart, 0, len(h.Key))
+	h.parts = make([]keyPart, 0, len(h.Key))
 	for _, k := range h.Key {
 		if k == "" {
 			return errors.New("key: empty part")
 		}
-		h.parts = append(h.parts, parseHeartbeatKeyPart(k))
+		h.parts = append(h.parts, parseKeyPart(k))
 	}
 	return nil
 }
@@ -303,10 +240,10 @@ func (h *HeartbeatLimit) provisionLimits() error {
 		h.Burst = 1
 	}
 	if h.MaxClients == 0 {
-		h.MaxClients = heartbeatDefaultMaxClients
+		h.MaxClients = defaultMaxClients
 	}
 	if h.Rate != "" {
-		interval, err := parseHeartbeatRate(h.Rate)
+		interval, err := parseRate(h.Rate)
 		if err != nil {
 			return fmt.Errorf("rate: %w", err)
 		}
@@ -319,14 +256,14 @@ func (h *HeartbeatLimit) provisionLimits() error {
 		h.interval = interval
 	}
 	if h.MaxWait == nil {
-		d := caddy.Duration(heartbeatDefaultMaxWait)
+		d := caddy.Duration(defaultMaxWait)
 		h.MaxWait = &d
 	}
 	if *h.MaxWait < 0 {
 		return fmt.Errorf("max_wait %v: must not be negative", time.Duration(*h.MaxWait))
 	}
 	if h.GlobalRate != "" {
-		interval, err := parseHeartbeatRate(h.GlobalRate)
+		interval, err := parseRate(h.GlobalRate)
 		if err != nil {
 			return fmt.Errorf("global_rate: %w", err)
 		}
@@ -360,8 +297,8 @@ func (h *HeartbeatLimit) provisionRejection() error {
 	return nil
 }
 
-// parseHeartbeatRate reads "N/duration" and returns the interval per token.
-func parseHeartbeatRate(s string) (time.Duration, error) {
+// parseRate reads "N/duration" and returns the interval per token.
+func parseRate(s string) (time.Duration, error) {
 	count, per, ok := strings.Cut(s, "/")
 	if !ok {
 		return 0, fmt.Errorf("%q: want N/duration, for example 1/60s", s)
@@ -402,32 +339,32 @@ func (h *HeartbeatLimit) Cleanup() error {
 	}
 	key := h.poolKey
 	h.poolKey = ""
-	if _, err := heartbeatStates.Delete(key); err != nil {
+	if _, err := states.Delete(key); err != nil {
 		return fmt.Errorf("releasing the limiter state: %w", err)
 	}
 	return nil
 }
 
-// heartbeatStates holds every heartbeat_limit's limiter state, keyed by its
-// lineage and limits (heartbeatLimits), so that a reload finds the buckets
+// states holds every heartbeat_limit's limiter state, keyed by its
+// lineage and limits (limits), so that a reload finds the buckets
 // and global schedule of the configuration it replaces.
-var heartbeatStates = caddy.NewUsagePool()
+var states = caddy.NewUsagePool()
 
-// heartbeatLineages maps each lineage (a limiter's zone, key and
+// lineages maps each lineage (a limiter's zone, key and
 // distributed settings) to its live states, oldest first, so that a state
 // built with changed limits takes over the buckets of the newest one (the
 // configuration being replaced, or the one still running after a failed
 // reload).
-var heartbeatLineages = struct {
+var lineages = struct {
 	sync.Mutex
-	live map[string][]*heartbeatState
-}{live: make(map[string][]*heartbeatState)}
+	live map[string][]*state
+}{live: make(map[string][]*state)}
 
-// heartbeatState is what a reload keeps: the per-client buckets, the
+// state is what a reload keeps: the per-client buckets, the
 // global ceiling's schedule, the key hash seed (a new seed would re-key
 // every client) and the distributed instance name. It sweeps full buckets
 // and reports the tracked-key gauge until the pool destructs it.
-type heartbeatState struct {
+type state struct {
 	lineage   string
 	perClient *limiter.Limiter
 	ceiling   *limiter.Ceiling
@@ -439,9 +376,9 @@ type heartbeatState struct {
 	done      chan struct{}
 }
 
-// heartbeatLineage identifies a limiter whatever its limits: which
+// lineageID identifies a limiter whatever its limits: which
 // clients it tells apart, and where it shares state.
-type heartbeatLineage struct {
+type lineageID struct {
 	Zone        string          `json:"zone"`
 	Key         []string        `json:"key"`
 	XMLBody     string          `json:"xml_body"`
@@ -449,9 +386,9 @@ type heartbeatLineage struct {
 	Seed        []byte          `json:"seed,omitempty"`
 }
 
-// heartbeatLimits are the settings a limiter's state is built with. Rates
+// limits are the settings a limiter's state is built with. Rates
 // are compared as intervals (1/60s is 1/1m).
-type heartbeatLimits struct {
+type limits struct {
 	Interval       time.Duration `json:"interval"`
 	Burst          int           `json:"burst"`
 	MaxClients     int           `json:"max_clients"`
@@ -462,7 +399,7 @@ type heartbeatLimits struct {
 // identity returns h's lineage and its pool key (the lineage and the
 // limits).
 func (h *HeartbeatLimit) identity() (lineage, key string, err error) {
-	l := heartbeatLineage{Zone: h.Zone, Key: h.Key, XMLBody: h.XMLBodyElement}
+	l := lineageID{Zone: h.Zone, Key: h.Key, XMLBody: h.XMLBodyElement}
 	if h.Distributed != nil {
 		if l.Distributed, err = json.Marshal(h.Distributed); err != nil {
 			return "", "", fmt.Errorf("distributed: %w", err)
@@ -473,7 +410,7 @@ func (h *HeartbeatLimit) identity() (lineage, key string, err error) {
 	if err != nil {
 		return "", "", fmt.Errorf("limiter identity: %w", err)
 	}
-	kb, err := json.Marshal(heartbeatLimits{
+	kb, err := json.Marshal(limits{
 		Interval: h.interval, Burst: h.Burst, MaxClients: h.MaxClients,
 		GlobalInterval: h.globalInterval, MaxWait: time.Duration(*h.MaxWait),
 	})
@@ -490,18 +427,18 @@ func (h *HeartbeatLimit) provisionState() error {
 	if err != nil {
 		return err
 	}
-	val, _, err := heartbeatStates.LoadOrNew(key, func() (caddy.Destructor, error) {
+	val, _, err := states.LoadOrNew(key, func() (caddy.Destructor, error) {
 		return h.newState(lineage)
 	})
 	if err != nil {
 		return err
 	}
 	h.poolKey = key
-	state := val.(*heartbeatState)
-	h.perClient, h.ceiling, h.hasher = state.perClient, state.ceiling, state.hasher
+	st := val.(*state)
+	h.perClient, h.ceiling, h.hasher = st.perClient, st.ceiling, st.hasher
 	h.fallback = h.hasher.Sum(nil)
 	if h.Distributed != nil {
-		h.Distributed.attach(state.perClient, state.instance)
+		h.Distributed.attach(st.perClient, st.instance)
 	}
 	return nil
 }
@@ -510,13 +447,13 @@ func (h *HeartbeatLimit) provisionState() error {
 // buckets, schedule, seed and instance name of the newest live state of
 // the same lineage, and starts their maintenance.
 func (h *HeartbeatLimit) newState(lineage string) (caddy.Destructor, error) {
-	heartbeatLineages.Lock()
-	defer heartbeatLineages.Unlock()
-	var prev *heartbeatState
-	if live := heartbeatLineages.live[lineage]; len(live) > 0 {
+	lineages.Lock()
+	defer lineages.Unlock()
+	var prev *state
+	if live := lineages.live[lineage]; len(live) > 0 {
 		prev = live[len(live)-1]
 	}
-	s := &heartbeatState{
+	s := &state{
 		lineage: lineage,
 		tracked: h.tracked,
 		stop:    make(chan struct{}),
@@ -534,14 +471,14 @@ func (h *HeartbeatLimit) newState(lineage string) (caddy.Destructor, error) {
 	if err := s.buildLimiters(h, prev); err != nil {
 		return nil, err
 	}
-	heartbeatLineages.live[lineage] = append(heartbeatLineages.live[lineage], s)
+	lineages.live[lineage] = append(lineages.live[lineage], s)
 	go s.maintain()
 	return s, nil
 }
 
 // buildLimiters makes the per-client limiter and the ceiling h asks for,
 // carrying over prev's where prev has them.
-func (s *heartbeatState) buildLimiters(h *HeartbeatLimit, prev *heartbeatState) error {
+func (s *state) buildLimiters(h *HeartbeatLimit, prev *state) error {
 	if h.interval > 0 {
 		cfg := limiter.Config{Interval: h.interval, Burst: h.Burst, MaxKeys: h.MaxClients}
 		if prev != nil && prev.perClient != nil {
@@ -572,15 +509,15 @@ func (s *heartbeatState) buildLimiters(h *HeartbeatLimit, prev *heartbeatState) 
 }
 
 // maintain sweeps full buckets and reports the tracked-key gauge.
-func (s *heartbeatState) maintain() {
+func (s *state) maintain() {
 	defer close(s.done)
 	if s.perClient == nil {
 		<-s.stop
 		return
 	}
-	gauge := time.NewTicker(heartbeatGaugeEvery)
+	gauge := time.NewTicker(gaugeEvery)
 	defer gauge.Stop()
-	sweep := time.NewTicker(heartbeatSweepEvery)
+	sweep := time.NewTicker(sweepEvery)
 	defer sweep.Stop()
 	for {
 		select {
@@ -599,15 +536,15 @@ func (s *heartbeatState) maintain() {
 
 // Destruct stops the maintenance when the last configuration holding the
 // state lets it go, and removes it from its lineage's live states.
-func (s *heartbeatState) Destruct() error {
-	heartbeatLineages.Lock()
-	live := slices.DeleteFunc(heartbeatLineages.live[s.lineage], func(x *heartbeatState) bool { return x == s })
+func (s *state) Destruct() error {
+	lineages.Lock()
+	live := slices.DeleteFunc(lineages.live[s.lineage], func(x *state) bool { return x == s })
 	if len(live) == 0 {
-		delete(heartbeatLineages.live, s.lineage)
+		delete(lineages.live, s.lineage)
 	} else {
-		heartbeatLineages.live[s.lineage] = live
+		lineages.live[s.lineage] = live
 	}
-	heartbeatLineages.Unlock()
+	lineages.Unlock()
 	close(s.stop)
 	<-s.done
 	return nil
@@ -620,9 +557,9 @@ func (h *HeartbeatLimit) ServeHTTP(w http.ResponseWriter, r *http.Request, next 
 	if h.perClient != nil {
 		ok, retry := h.allow(key)
 		if !ok {
-			reason := heartbeatReasonPerClient
+			reason := reasonPerClient
 			if !keyed {
-				reason = heartbeatReasonFallback
+				reason = reasonFallback
 			}
 			return h.reject(w, r, reason, retry)
 		}
@@ -631,7 +568,7 @@ func (h *HeartbeatLimit) ServeHTTP(w http.ResponseWriter, r *http.Request, next 
 		ok, wait := h.ceiling.Reserve()
 		if !ok {
 			h.refund(key)
-			return h.reject(w, r, heartbeatReasonGlobal, wait-time.Duration(*h.MaxWait))
+			return h.reject(w, r, reasonGlobal, wait-time.Duration(*h.MaxWait))
 		}
 		if wait > 0 {
 			h.queue.Inc()
@@ -642,7 +579,7 @@ func (h *HeartbeatLimit) ServeHTTP(w http.ResponseWriter, r *http.Request, next 
 			}
 			if err != nil {
 				h.refund(key)
-				return h.reject(w, r, heartbeatReasonGlobal, h.ceiling.Interval())
+				return h.reject(w, r, reasonGlobal, h.ceiling.Interval())
 			}
 		}
 	}
@@ -672,14 +609,14 @@ func (h *HeartbeatLimit) allow(key uint64) (bool, time.Duration) {
 // reject answers a limited request and explains it in the log.
 func (h *HeartbeatLimit) reject(w http.ResponseWriter, r *http.Request, reason string, delay time.Duration) error {
 	switch reason {
-	case heartbeatReasonPerClient:
+	case reasonPerClient:
 		h.counts.limitedPerClient.Inc()
-	case heartbeatReasonFallback:
+	case reasonFallback:
 		h.counts.limitedFallback.Inc()
 	default:
 		h.counts.limitedGlobal.Inc()
 	}
-	retry := heartbeatRetrySeconds(delay, h.Jitter, rand.Float64())
+	retry := retrySeconds(delay, h.Jitter, rand.Float64())
 	if ce := h.logger.Check(zap.DebugLevel, "heartbeat limited"); ce != nil {
 		ce.Write(zap.String("reason", reason), zap.Int("retry_after", retry),
 			zap.String("remote", r.RemoteAddr), zap.String("uri", r.RequestURI))
@@ -705,9 +642,9 @@ func (h *HeartbeatLimit) reject(w http.ResponseWriter, r *http.Request, reason s
 	return err
 }
 
-// heartbeatRetrySeconds turns a delay into whole Retry-After seconds (at
+// retrySeconds turns a delay into whole Retry-After seconds (at
 // least 1), stretched by jitter times a random fraction u in [0, 1).
-func heartbeatRetrySeconds(delay time.Duration, jitter, u float64) int {
+func retrySeconds(delay time.Duration, jitter, u float64) int {
 	secs := math.Ceil(delay.Seconds() * (1 + jitter*u))
 	if secs < 1 || math.IsNaN(secs) {
 		return 1
@@ -718,312 +655,10 @@ func heartbeatRetrySeconds(delay time.Duration, jitter, u float64) int {
 	return int(secs)
 }
 
-// clientKey returns the request's key hash, and false when the key could
-// not be read and the fallback key is used.
-func (h *HeartbeatLimit) clientKey(r *http.Request) (uint64, bool) {
-	if h.XMLBodyElement != "" {
-		value, ok := heartbeatXMLBodyKey(r, h.XMLBodyElement)
-		if !ok {
-			return h.fallback, false
-		}
-		var buf [128]byte
-		return h.hasher.Sum(heartbeatAppendPart(buf[:0], value)), true
-	}
-	var buf [256]byte
-	key := buf[:0]
-	found := false
-	for i := range h.parts {
-		value := h.parts[i].value(r)
-		found = found || value != ""
-		key = heartbeatAppendPart(key, value)
-	}
-	if !found {
-		return h.fallback, false
-	}
-	return h.hasher.Sum(key), true
-}
-
-// heartbeatAppendPart appends a length-prefixed part, so that no two lists
-// of parts encode alike ("a b"+"c" differs from "a"+"b c").
-func heartbeatAppendPart(key []byte, part string) []byte {
-	key = binary.AppendUvarint(key, uint64(len(part)))
-	return append(key, part...)
-}
-
-// heartbeatKeyPart is one element of the key. The placeholders a
-// heartbeat key is usually made of are read straight from the request,
-// which costs no allocation; any other text goes through Caddy's replacer.
-type heartbeatKeyPart struct {
-	kind heartbeatPartKind
-	name string // query parameter or canonical header name
-	text string // the replacer template, for heartbeatPartReplacer
-}
-
-type heartbeatPartKind int
-
-const (
-	heartbeatPartClientIP heartbeatPartKind = iota
-	heartbeatPartRemoteHost
-	heartbeatPartQuery
-	heartbeatPartHeader
-	heartbeatPartReplacer
-)
-
-func parseHeartbeatKeyPart(text string) heartbeatKeyPart {
-	inner, ok := strings.CutPrefix(text, "{")
-	if ok {
-		inner, ok = strings.CutSuffix(inner, "}")
-	}
-	if ok && !strings.ContainsAny(inner, "{}") {
-		switch {
-		case inner == "http.vars.client_ip" || inner == "client_ip":
-			return heartbeatKeyPart{kind: heartbeatPartClientIP}
-		case inner == "http.request.remote.host" || inner == "remote_host":
-			return heartbeatKeyPart{kind: heartbeatPartRemoteHost}
-		case strings.HasPrefix(inner, "http.request.uri.query."):
-			return heartbeatKeyPart{kind: heartbeatPartQuery, name: strings.TrimPrefix(inner, "http.request.uri.query.")}
-		case strings.HasPrefix(inner, "query."):
-			return heartbeatKeyPart{kind: heartbeatPartQuery, name: strings.TrimPrefix(inner, "query.")}
-		case strings.HasPrefix(inner, "http.request.header."):
-			return heartbeatKeyPart{kind: heartbeatPartHeader, name: textproto.CanonicalMIMEHeaderKey(strings.TrimPrefix(inner, "http.request.header."))}
-		case strings.HasPrefix(inner, "header."):
-			return heartbeatKeyPart{kind: heartbeatPartHeader, name: textproto.CanonicalMIMEHeaderKey(strings.TrimPrefix(inner, "header."))}
-		}
-	}
-	return heartbeatKeyPart{kind: heartbeatPartReplacer, text: text}
-}
-
-func (p *heartbeatKeyPart) value(r *http.Request) string {
-	switch p.kind {
-	case heartbeatPartClientIP:
-		if ip, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok {
-			return ip
-		}
-		return heartbeatRemoteHost(r)
-	case heartbeatPartRemoteHost:
-		return heartbeatRemoteHost(r)
-	case heartbeatPartQuery:
-		return heartbeatQueryValue(r.URL.RawQuery, p.name)
-	case heartbeatPartHeader:
-		if v := r.Header[p.name]; len(v) > 0 {
-			return v[0]
-		}
-		return ""
-	}
-	repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	if !ok {
-		return ""
-	}
-	return repl.ReplaceKnown(p.text, "")
-}
-
-func heartbeatRemoteHost(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		return r.RemoteAddr
-	}
-	return host
-}
-
-// heartbeatQueryValue returns the first value of name in a raw query, as
-// url.Values.Get would, without building the map.
-func heartbeatQueryValue(query, name string) string {
-	for query != "" {
-		var pair string
-		pair, query, _ = strings.Cut(query, "&")
-		k, v, _ := strings.Cut(pair, "=")
-		if heartbeatEscaped(k) {
-			unescaped, err := url.QueryUnescape(k)
-			if err != nil {
-				continue
-			}
-			k = unescaped
-		}
-		if k != name {
-			continue
-		}
-		if heartbeatEscaped(v) {
-			unescaped, err := url.QueryUnescape(v)
-			if err != nil {
-				continue
-			}
-			v = unescaped
-		}
-		return v
-	}
-	return ""
-}
-
-// heartbeatXMLBodyKey reads the text of the first element named element
-// from the first 64 KiB of the request body, and puts those bytes back in
-// front of the rest so the manager receives the body unchanged.
-func heartbeatXMLBodyKey(r *http.Request, element string) (string, bool) {
-	if r.Body == nil || r.Body == http.NoBody {
-		return "", false
-	}
-	limit := int64(heartbeatXMLPrefix)
-	if r.ContentLength >= 0 && r.ContentLength < limit {
-		limit = r.ContentLength
-	}
-	prefix, err := io.ReadAll(io.LimitReader(r.Body, limit))
-	r.Body = heartbeatReplayBody{Reader: io.MultiReader(bytes.NewReader(prefix), r.Body), Closer: r.Body}
-	if err != nil {
-		return "", false
-	}
-	return xmlscan.ElementText(prefix, element)
-}
-
-// heartbeatEscaped reports whether a query component needs unescaping.
-func heartbeatEscaped(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] == '%' || s[i] == '+' {
-			return true
-		}
-	}
-	return false
-}
-
-// heartbeatReplayBody is a body whose first bytes were read and put back.
-type heartbeatReplayBody struct {
-	io.Reader
-	io.Closer
-}
-
-// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
-//
-//	heartbeat_limit [<matcher>] {
-//	    zone        <name>
-//	    key         <placeholder…> | xml_body <element>
-//	    rate        <N>/<duration>
-//	    burst       <N>
-//	    max_clients <N>
-//	    global_rate <N>/<duration>
-//	    max_wait    <duration>
-//	    status      429|503
-//	    jitter      <fraction>
-//	    body_file   <path>
-//	    distributed {
-//	        zone      <name>
-//	        interval  <duration>
-//	        purge_age <duration>
-//	        storage   <module> { … }
-//	    }
-//	}
-//
-// For example, for a SEPM-style manager, one client being a host id seen
-// from one address:
-//
-//	heartbeat_limit /secars/secars.dll {
-//	    key {query.hostid} {client_ip}
-//	    rate 1/60s
-//	    burst 3
-//	    max_clients 1000000
-//	    global_rate 200/1s
-//	    max_wait 2s
-//	    status 503
-//	}
-func (h *HeartbeatLimit) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // the directive name
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	for d.NextBlock(0) {
-		var err error
-		switch d.Val() {
-		case "zone":
-			err = heartbeatOneArg(d, func(s string) error { h.Zone = s; return nil })
-		case "key":
-			err = h.unmarshalKey(d)
-		case "rate":
-			err = heartbeatOneArg(d, func(s string) error { h.Rate = s; return nil })
-		case "burst":
-			err = heartbeatOneArg(d, heartbeatInt(&h.Burst))
-		case "max_clients":
-			err = heartbeatOneArg(d, heartbeatInt(&h.MaxClients))
-		case "global_rate":
-			err = heartbeatOneArg(d, func(s string) error { h.GlobalRate = s; return nil })
-		case "max_wait":
-			err = heartbeatOneArg(d, func(s string) error {
-				v, err := caddy.ParseDuration(s)
-				d := caddy.Duration(v)
-				h.MaxWait = &d
-				return err
-			})
-		case "status":
-			err = heartbeatOneArg(d, heartbeatInt(&h.Status))
-		case "jitter":
-			err = heartbeatOneArg(d, func(s string) error {
-				v, err := strconv.ParseFloat(s, 64)
-				h.Jitter = v
-				return err
-			})
-		case "body_file":
-			err = heartbeatOneArg(d, func(s string) error { h.BodyFile = s; return nil })
-		case "distributed":
-			h.Distributed = new(HeartbeatDistributed)
-			err = h.Distributed.unmarshalCaddyfile(d)
-		default:
-			return d.Errf("heartbeat_limit: unknown subdirective %q", d.Val())
-		}
-		if err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func (h *HeartbeatLimit) unmarshalKey(d *caddyfile.Dispenser) error {
-	args := d.RemainingArgs()
-	if len(args) == 0 {
-		return d.ArgErr()
-	}
-	if args[0] == "xml_body" {
-		if len(args) != 2 {
-			return d.Err("heartbeat_limit: key xml_body takes one element name")
-		}
-		h.XMLBodyElement = args[1]
-		return nil
-	}
-	h.Key = args
-	return nil
-}
-
-// heartbeatOneArg reads exactly one argument and hands it to set, wrapping
-// its error with the subdirective's name and position.
-func heartbeatOneArg(d *caddyfile.Dispenser, set func(string) error) error {
-	name := d.Val()
-	if !d.NextArg() {
-		return d.ArgErr()
-	}
-	value := d.Val()
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	if err := set(value); err != nil {
-		return d.Errf("heartbeat_limit: %s %q: %v", name, value, err)
-	}
-	return nil
-}
-
-func heartbeatInt(dst *int) func(string) error {
-	return func(s string) error {
-		v, err := strconv.Atoi(s)
-		*dst = v
-		return err
-	}
-}
-
-func parseHeartbeatLimit(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
-	m := new(HeartbeatLimit)
-	err := m.UnmarshalCaddyfile(h.Dispenser)
-	return m, err
-}
-
 // Interface guards.
 var (
 	_ caddy.Provisioner           = (*HeartbeatLimit)(nil)
 	_ caddy.Validator             = (*HeartbeatLimit)(nil)
 	_ caddy.CleanerUpper          = (*HeartbeatLimit)(nil)
 	_ caddyhttp.MiddlewareHandler = (*HeartbeatLimit)(nil)
-	_ caddyfile.Unmarshaler       = (*HeartbeatLimit)(nil)
 )

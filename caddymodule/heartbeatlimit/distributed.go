@@ -1,4 +1,4 @@
-package caddymodule
+package heartbeatlimit
 
 import (
 	"context"
@@ -12,8 +12,6 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig"
-	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 
@@ -63,10 +61,10 @@ type HeartbeatDistributed struct {
 }
 
 const (
-	heartbeatStateMagic    = "lghb0001"
-	heartbeatStateEntry    = 16
-	heartbeatSyncTimeout   = 30 * time.Second
-	heartbeatDefaultSyncIn = 5 * time.Second
+	stateMagic    = "lghb0001"
+	stateEntry    = 16
+	syncTimeout   = 30 * time.Second
+	defaultSyncIn = 5 * time.Second
 )
 
 // provision checks the settings, opens the storage and returns the shared
@@ -81,7 +79,7 @@ func (d *HeartbeatDistributed) provision(ctx caddy.Context, h *HeartbeatLimit) (
 		d.Zone = "default"
 	}
 	if d.Interval == 0 {
-		d.Interval = caddy.Duration(heartbeatDefaultSyncIn)
+		d.Interval = caddy.Duration(defaultSyncIn)
 	}
 	if d.Interval < 0 {
 		return seed, fmt.Errorf("interval %v: must be positive", time.Duration(d.Interval))
@@ -106,7 +104,7 @@ func (d *HeartbeatDistributed) provision(ctx caddy.Context, h *HeartbeatLimit) (
 	d.logger = h.logger
 	d.maxKeys = h.MaxClients
 	d.dir = path.Join("legacygate", "heartbeat_limit", d.Zone)
-	sctx, cancel := context.WithTimeout(ctx, heartbeatSyncTimeout)
+	sctx, cancel := context.WithTimeout(ctx, syncTimeout)
 	defer cancel()
 	return d.loadSeed(sctx)
 }
@@ -117,7 +115,7 @@ func (d *HeartbeatDistributed) loadSeed(ctx context.Context) ([limiter.SeedSize]
 	var seed [limiter.SeedSize]byte
 	key := path.Join(d.dir, "seed")
 	if b, err := d.storage.Load(ctx, key); err == nil {
-		return heartbeatSeedFrom(key, b)
+		return seedFrom(key, b)
 	}
 	if err := d.storage.Lock(ctx, key); err != nil {
 		return seed, fmt.Errorf("locking %s: %w", key, err)
@@ -125,7 +123,7 @@ func (d *HeartbeatDistributed) loadSeed(ctx context.Context) ([limiter.SeedSize]
 	defer func() { _ = d.storage.Unlock(context.WithoutCancel(ctx), key) }()
 	b, err := d.storage.Load(ctx, key)
 	if err == nil {
-		return heartbeatSeedFrom(key, b)
+		return seedFrom(key, b)
 	}
 	if !errors.Is(err, fs.ErrNotExist) {
 		return seed, fmt.Errorf("loading %s: %w", key, err)
@@ -137,7 +135,7 @@ func (d *HeartbeatDistributed) loadSeed(ctx context.Context) ([limiter.SeedSize]
 	return seed, nil
 }
 
-func heartbeatSeedFrom(key string, b []byte) ([limiter.SeedSize]byte, error) {
+func seedFrom(key string, b []byte) ([limiter.SeedSize]byte, error) {
 	var seed [limiter.SeedSize]byte
 	if len(b) != limiter.SeedSize {
 		return seed, fmt.Errorf("%s: %d bytes, want %d", key, len(b), limiter.SeedSize)
@@ -195,10 +193,10 @@ func (d *HeartbeatDistributed) sync() {
 
 // write stores this instance's non-full buckets.
 func (d *HeartbeatDistributed) write() {
-	state := heartbeatEncodeState(time.Now().UnixNano(), func(add func(uint64, int64)) {
+	state := encodeState(time.Now().UnixNano(), func(add func(uint64, int64)) {
 		d.limiter.Each(func(key uint64, tat int64) { add(key, d.epoch+tat) })
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), heartbeatSyncTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), syncTimeout)
 	defer cancel()
 	key := path.Join(d.dir, "instances", d.instance)
 	if err := d.storage.Store(ctx, key, state); err != nil {
@@ -208,7 +206,7 @@ func (d *HeartbeatDistributed) write() {
 
 // read merges the other instances' debts and purges stale state.
 func (d *HeartbeatDistributed) read() {
-	ctx, cancel := context.WithTimeout(context.Background(), heartbeatSyncTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), syncTimeout)
 	defer cancel()
 	dir := path.Join(d.dir, "instances")
 	keys, err := d.storage.List(ctx, dir, false)
@@ -239,7 +237,7 @@ func (d *HeartbeatDistributed) merge(ctx context.Context, key string, now int64,
 		d.logger.Debug("heartbeat_limit: loading distributed state", zap.String("key", key), zap.Error(err))
 		return
 	}
-	written, err := heartbeatDecodeState(b, nil)
+	written, err := decodeState(b, nil)
 	if err != nil {
 		d.logger.Warn("heartbeat_limit: ignoring distributed state", zap.String("key", key), zap.Error(err))
 		return
@@ -252,7 +250,7 @@ func (d *HeartbeatDistributed) merge(ctx context.Context, key string, now int64,
 		}
 		return
 	}
-	_, _ = heartbeatDecodeState(b, func(hash uint64, full int64) {
+	_, _ = decodeState(b, func(hash uint64, full int64) {
 		debt := full - now
 		if debt <= 0 {
 			return
@@ -264,12 +262,12 @@ func (d *HeartbeatDistributed) merge(ctx context.Context, key string, now int64,
 	})
 }
 
-// heartbeatEncodeState lays out a state file: the magic, the time it was
+// encodeState lays out a state file: the magic, the time it was
 // written, then (key hash, time the bucket is full again) pairs, all
 // little-endian.
-func heartbeatEncodeState(written int64, each func(add func(uint64, int64))) []byte {
+func encodeState(written int64, each func(add func(uint64, int64))) []byte {
 	b := make([]byte, 0, 4096)
-	b = append(b, heartbeatStateMagic...)
+	b = append(b, stateMagic...)
 	b = binary.LittleEndian.AppendUint64(b, uint64(written))
 	each(func(hash uint64, full int64) {
 		b = binary.LittleEndian.AppendUint64(b, hash)
@@ -278,74 +276,23 @@ func heartbeatEncodeState(written int64, each func(add func(uint64, int64))) []b
 	return b
 }
 
-// heartbeatDecodeState checks a state file and hands its entries to fn
+// decodeState checks a state file and hands its entries to fn
 // (only when the whole file is well formed, and unless fn is nil),
 // returning when it was written.
-func heartbeatDecodeState(b []byte, fn func(hash uint64, full int64)) (int64, error) {
-	header := len(heartbeatStateMagic) + 8
-	if len(b) < header || string(b[:len(heartbeatStateMagic)]) != heartbeatStateMagic {
+func decodeState(b []byte, fn func(hash uint64, full int64)) (int64, error) {
+	header := len(stateMagic) + 8
+	if len(b) < header || string(b[:len(stateMagic)]) != stateMagic {
 		return 0, errors.New("not a heartbeat_limit state file")
 	}
-	if (len(b)-header)%heartbeatStateEntry != 0 {
+	if (len(b)-header)%stateEntry != 0 {
 		return 0, fmt.Errorf("truncated: %d bytes of entries", len(b)-header)
 	}
-	written := int64(binary.LittleEndian.Uint64(b[len(heartbeatStateMagic):]))
+	written := int64(binary.LittleEndian.Uint64(b[len(stateMagic):]))
 	if fn == nil {
 		return written, nil
 	}
-	for rest := b[header:]; len(rest) > 0; rest = rest[heartbeatStateEntry:] {
+	for rest := b[header:]; len(rest) > 0; rest = rest[stateEntry:] {
 		fn(binary.LittleEndian.Uint64(rest), int64(binary.LittleEndian.Uint64(rest[8:])))
 	}
 	return written, nil
-}
-
-// unmarshalCaddyfile reads the distributed block.
-func (d *HeartbeatDistributed) unmarshalCaddyfile(disp *caddyfile.Dispenser) error {
-	if disp.NextArg() {
-		return disp.ArgErr()
-	}
-	for nesting := disp.Nesting(); disp.NextBlock(nesting); {
-		var err error
-		switch disp.Val() {
-		case "zone":
-			err = heartbeatOneArg(disp, func(s string) error { d.Zone = s; return nil })
-		case "interval":
-			err = heartbeatOneArg(disp, heartbeatDuration(&d.Interval))
-		case "purge_age":
-			err = heartbeatOneArg(disp, heartbeatDuration(&d.PurgeAge))
-		case "storage":
-			err = d.unmarshalStorage(disp)
-		default:
-			return disp.Errf("heartbeat_limit: distributed: unknown subdirective %q", disp.Val())
-		}
-		if err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func (d *HeartbeatDistributed) unmarshalStorage(disp *caddyfile.Dispenser) error {
-	if !disp.NextArg() {
-		return disp.ArgErr()
-	}
-	name := disp.Val()
-	mod, err := caddyfile.UnmarshalModule(disp, "caddy.storage."+name)
-	if err != nil {
-		return err
-	}
-	conv, ok := mod.(caddy.StorageConverter)
-	if !ok {
-		return disp.Errf("heartbeat_limit: distributed: storage module %q is not a storage", name)
-	}
-	d.StorageRaw = caddyconfig.JSONModuleObject(conv, "module", name, nil)
-	return nil
-}
-
-func heartbeatDuration(dst *caddy.Duration) func(string) error {
-	return func(s string) error {
-		v, err := caddy.ParseDuration(s)
-		*dst = caddy.Duration(v)
-		return err
-	}
 }

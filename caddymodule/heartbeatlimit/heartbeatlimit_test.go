@@ -1,4 +1,4 @@
-package caddymodule
+package heartbeatlimit
 
 import (
 	"context"
@@ -278,7 +278,7 @@ func TestHeartbeatLimitXMLBodyKeyFromSOAPAndTheBodyArrivesWhole(t *testing.T) {
 
 func TestHeartbeatLimitDeviceIDPastThePrefixIsNotRead(t *testing.T) {
 	h := provisionHeartbeat(t, "heartbeat_limit {\n key xml_body DeviceID\n rate 1/60s\n}")
-	body := "<Envelope><Pad>" + strings.Repeat("x", heartbeatXMLPrefix) + "</Pad><DeviceID>LATE</DeviceID></Envelope>"
+	body := "<Envelope><Pad>" + strings.Repeat("x", xmlPrefix) + "</Pad><DeviceID>LATE</DeviceID></Envelope>"
 	r := heartbeatRequest("POST", "/", "203.0.113.5", body)
 	if _, keyed := h.clientKey(r); keyed {
 		t.Fatal("a device id beyond the 64 KiB prefix was read")
@@ -322,7 +322,7 @@ func TestHeartbeatLimitGlobalCeilingRejectsAndRefundsTheClient(t *testing.T) {
 		t.Fatalf("limited global counter = %v", got)
 	}
 	// B's token was refunded: its own bucket still allows it.
-	if ok, _ := h.perClient.Allow(h.hasher.Sum(heartbeatAppendPart(nil, "B"))); !ok {
+	if ok, _ := h.perClient.Allow(h.hasher.Sum(appendPart(nil, "B"))); !ok {
 		t.Fatal("the globally rejected client lost its token")
 	}
 }
@@ -356,17 +356,17 @@ func TestHeartbeatRetrySecondsWithJitter(t *testing.T) {
 		{-time.Second, 0, 0, 1},
 	}
 	for _, tt := range tests {
-		if got := heartbeatRetrySeconds(tt.delay, tt.jitter, tt.u); got != tt.want {
+		if got := retrySeconds(tt.delay, tt.jitter, tt.u); got != tt.want {
 			t.Errorf("retry(%v, jitter %v, u %v) = %d, want %d", tt.delay, tt.jitter, tt.u, got, tt.want)
 		}
 	}
 }
 
-func TestHeartbeatQueryValueMatchesURLValues(t *testing.T) {
+func TestQueryValueMatchesURLValues(t *testing.T) {
 	queries := []string{"hostid=H1", "a=1&hostid=H2&hostid=H3", "hostid=%41%42", "host%69d=X", "hostid=a+b", "hostid", "hostid=", "x=1", "hostid=%zz&hostid=ok", ""}
 	for _, q := range queries {
 		r := httptest.NewRequest("GET", "/?"+q, nil)
-		if got, want := heartbeatQueryValue(r.URL.RawQuery, "hostid"), r.URL.Query().Get("hostid"); got != want {
+		if got, want := queryValue(r.URL.RawQuery, "hostid"), r.URL.Query().Get("hostid"); got != want {
 			t.Errorf("query %q: got %q, url.Values says %q", q, got, want)
 		}
 	}
@@ -513,7 +513,7 @@ func TestHeartbeatLimitStatePoolLifecycle(t *testing.T) {
 	if second.perClient != first.perClient || second.hasher != first.hasher {
 		t.Fatal("two provisions of one configuration do not share the buckets and hash seed")
 	}
-	if refs, _ := heartbeatStates.References(key); refs != 2 {
+	if refs, _ := states.References(key); refs != 2 {
 		t.Fatalf("%d references to the state, want 2", refs)
 	}
 	if err := first.Cleanup(); err != nil {
@@ -522,7 +522,7 @@ func TestHeartbeatLimitStatePoolLifecycle(t *testing.T) {
 	if err := first.Cleanup(); err != nil {
 		t.Fatalf("second Cleanup: %v", err)
 	}
-	if refs, ok := heartbeatStates.References(key); !ok || refs != 1 {
+	if refs, ok := states.References(key); !ok || refs != 1 {
 		t.Fatalf("after the old configuration's Cleanup: %d references (present %v), want 1", refs, ok)
 	}
 	if w := serveHeartbeat(t, second, heartbeatRequest("GET", "/?hostid=H1", "203.0.113.5", ""), &countingNext{}); w.Code != http.StatusTooManyRequests {
@@ -534,14 +534,14 @@ func TestHeartbeatLimitStatePoolLifecycle(t *testing.T) {
 	if err := second.Cleanup(); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := heartbeatStates.References(key); ok {
+	if _, ok := states.References(key); ok {
 		t.Fatal("the state is still pooled after its last configuration was cleaned up")
 	}
-	heartbeatLineages.Lock()
-	lineages := len(heartbeatLineages.live)
-	heartbeatLineages.Unlock()
-	if lineages != 0 {
-		t.Fatalf("%d lineages still listed after every configuration was cleaned up", lineages)
+	lineages.Lock()
+	n := len(lineages.live)
+	lineages.Unlock()
+	if n != 0 {
+		t.Fatalf("%d lineages still listed after every configuration was cleaned up", n)
 	}
 	third := provisionHeartbeat(t, block)
 	if third.perClient == first.perClient {

@@ -1,4 +1,4 @@
-package caddymodule
+package heartbeatlimit
 
 import (
 	"encoding/binary"
@@ -66,7 +66,7 @@ func TestHeartbeatDistributedPurgesStateOfDeadInstances(t *testing.T) {
 	if err := os.MkdirAll(instances, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	stale := heartbeatEncodeState(time.Now().Add(-time.Hour).UnixNano(), func(add func(uint64, int64)) {
+	stale := encodeState(time.Now().Add(-time.Hour).UnixNano(), func(add func(uint64, int64)) {
 		add(1, time.Now().Add(time.Hour).UnixNano())
 	})
 	dead := filepath.Join(instances, "dead")
@@ -84,7 +84,7 @@ func TestHeartbeatDistributedPurgesStateOfDeadInstances(t *testing.T) {
 }
 
 func TestHeartbeatDistributedIgnoresCorruptState(t *testing.T) {
-	good := heartbeatEncodeState(42, func(add func(uint64, int64)) { add(7, 99) })
+	good := encodeState(42, func(add func(uint64, int64)) { add(7, 99) })
 	tests := []struct {
 		name string
 		b    []byte
@@ -97,13 +97,13 @@ func TestHeartbeatDistributedIgnoresCorruptState(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			called := false
-			if _, err := heartbeatDecodeState(tt.b, func(uint64, int64) { called = true }); err == nil || called {
+			if _, err := decodeState(tt.b, func(uint64, int64) { called = true }); err == nil || called {
 				t.Fatalf("decode accepted %q (entries seen: %v)", tt.name, called)
 			}
 		})
 	}
 	var got [2]int64
-	written, err := heartbeatDecodeState(good, func(h uint64, full int64) { got = [2]int64{int64(h), full} })
+	written, err := decodeState(good, func(h uint64, full int64) { got = [2]int64{int64(h), full} })
 	if err != nil || written != 42 || got != [2]int64{7, 99} {
 		t.Fatalf("round trip: written %d, entry %v, err %v", written, got, err)
 	}
