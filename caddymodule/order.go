@@ -12,6 +12,5 @@ import "github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 // and before handle so that a top-level policy_guard wraps handle blocks too.
 func init() {
 	httpcaddyfile.RegisterDirectiveOrder("plaintext_bridge", httpcaddyfile.Before, "redir")
-	httpcaddyfile.RegisterDirectiveOrder("xml_guard", httpcaddyfile.Before, "request_header")
 	httpcaddyfile.RegisterDirectiveOrder("policy_guard", httpcaddyfile.Before, "invoke")
 }

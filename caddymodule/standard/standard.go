@@ -8,4 +8,5 @@ import (
 	_ "github.com/legacygate/legacygate/caddymodule"
 	_ "github.com/legacygate/legacygate/caddymodule/heartbeatlimit"
 	_ "github.com/legacygate/legacygate/caddymodule/legacytls"
+	_ "github.com/legacygate/legacygate/caddymodule/xmlguard"
 )

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"time"
 
+	"errors"
+	"fmt"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
@@ -63,4 +65,13 @@ func CopyHeaderMap(dst, src http.Header) {
 	for k, v := range src {
 		dst[k] = v
 	}
+}
+
+// Incomplete is the error of a response body that ended early, err the
+// chain's own error if it gave one.
+func Incomplete(err error) error {
+	if err == nil {
+		return errors.New("the upstream response body ended early")
+	}
+	return fmt.Errorf("the upstream response body ended early: %w", err)
 }

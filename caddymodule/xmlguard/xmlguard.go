@@ -1,4 +1,4 @@
-package caddymodule
+package xmlguard
 
 import (
 	"bytes"
@@ -10,23 +10,25 @@ import (
 	"mime"
 	"net/http"
 	"net/http/httptrace"
-	"strconv"
 	"strings"
 	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/legacygate/legacygate/caddymodule/internal/metrics"
+	"github.com/legacygate/legacygate/caddymodule/internal/response"
 	"github.com/legacygate/legacygate/policyguard"
 )
 
 func init() {
 	caddy.RegisterModule(XMLGuard{})
 	httpcaddyfile.RegisterHandlerDirective("xml_guard", parseXMLGuard)
+	// After heartbeat_limit, before policy_guard (see caddymodule/doc.go).
+	httpcaddyfile.RegisterDirectiveOrder("xml_guard", httpcaddyfile.Before, "request_header")
 }
 
 // XMLGuard checks the unsigned XML of protocols such as SOAP on its way to
@@ -89,14 +91,14 @@ type XMLGuard struct {
 	SkipResponses bool `json:"skip_responses,omitempty"`
 
 	limits  policyguard.XMLLimits
-	roots   []xmlGuardRoot
+	roots   []rootName
 	logger  *zap.Logger
 	results *prometheus.CounterVec
 }
 
-// xmlGuardRoot is an allowed root element; anyNamespace when the name was
+// rootName is an allowed root element; anyNamespace when the name was
 // given without one.
-type xmlGuardRoot struct {
+type rootName struct {
 	name         xml.Name
 	anyNamespace bool
 }
@@ -113,33 +115,31 @@ func (XMLGuard) CaddyModule() caddy.ModuleInfo {
 // from the XML check itself carry policyguard's reasons (malformed_xml,
 // doctype, processing_instruction, too_deep, too_many_elements, too_large).
 const (
-	xmlGuardRequest  = "request"
-	xmlGuardResponse = "response"
+	dirRequest  = "request"
+	dirResponse = "response"
 
-	xmlGuardPassed  = "passed"
-	xmlGuardRefused = "refused"
+	resultPassed  = "passed"
+	resultRefused = "refused"
 
-	xmlGuardChecked      = "checked"
-	xmlGuardNoBody       = "no_body"
-	xmlGuardNotXML       = "not_xml"
-	xmlGuardContentType  = "content_type"
-	xmlGuardIncomplete   = "incomplete"
-	xmlGuardUnlistedRoot = "unlisted_root"
-	xmlGuardSOAPAction   = "soap_action"
-	xmlGuardReplay       = "replay"
+	reasonChecked      = "checked"
+	reasonNoBody       = "no_body"
+	reasonNotXML       = "not_xml"
+	reasonContentType  = "content_type"
+	reasonIncomplete   = "incomplete"
+	reasonUnlistedRoot = "unlisted_root"
+	reasonSOAPAction   = "soap_action"
+	reasonReplay       = "replay"
 )
 
-var xmlGuardResults = prometheus.NewCounterVec(prometheus.CounterOpts{
+var guardResults = prometheus.NewCounterVec(prometheus.CounterOpts{
 	Name: "legacygate_xml_guard_results_total",
 	Help: "Requests and responses handled by xml_guard, by direction (request, response), result (passed, refused) and reason.",
 }, []string{"direction", "result", "reason"})
 
 // Provision applies the defaults, parses Roots and registers the metric.
+// Caddy calls Validate after it.
 func (g *XMLGuard) Provision(ctx caddy.Context) error {
 	g.logger = ctx.Logger()
-	if err := g.Validate(); err != nil {
-		return err
-	}
 	if g.MaxSize == 0 {
 		g.MaxSize = policyguard.DefaultXMLMaxBytes
 	}
@@ -152,11 +152,11 @@ func (g *XMLGuard) Provision(ctx caddy.Context) error {
 	g.limits = policyguard.XMLLimits{MaxBytes: g.MaxSize, MaxDepth: g.MaxDepth, MaxElements: g.MaxElements}
 	g.roots = g.roots[:0]
 	for _, s := range g.Roots {
-		root, _ := parseXMLGuardRoot(s)
+		root, _ := parseRoot(s)
 		g.roots = append(g.roots, root)
 	}
 	var err error
-	g.results, err = registerCollector(ctx.GetMetricsRegistry(), xmlGuardResults)
+	g.results, err = metrics.Register(ctx.GetMetricsRegistry(), guardResults)
 	return err
 }
 
@@ -175,7 +175,7 @@ func (g *XMLGuard) Validate() error {
 		return errors.New("xml_guard: soap_actions: requests are off, so no action would be checked")
 	}
 	for _, s := range g.Roots {
-		if _, err := parseXMLGuardRoot(s); err != nil {
+		if _, err := parseRoot(s); err != nil {
 			return fmt.Errorf("xml_guard: roots: %w", err)
 		}
 	}
@@ -187,21 +187,21 @@ func (g *XMLGuard) Validate() error {
 	return nil
 }
 
-// parseXMLGuardRoot reads "local" or "{namespace}local".
-func parseXMLGuardRoot(s string) (xmlGuardRoot, error) {
+// parseRoot reads "local" or "{namespace}local".
+func parseRoot(s string) (rootName, error) {
 	local, anyNamespace := s, true
 	var space string
 	if rest, ok := strings.CutPrefix(s, "{"); ok {
 		ns, name, found := strings.Cut(rest, "}")
 		if !found || ns == "" {
-			return xmlGuardRoot{}, fmt.Errorf("%q: want local or {namespace}local", s)
+			return rootName{}, fmt.Errorf("%q: want local or {namespace}local", s)
 		}
 		space, local, anyNamespace = ns, name, false
 	}
 	if local == "" || strings.ContainsAny(local, " \t\r\n<>/:{}\"'&") {
-		return xmlGuardRoot{}, fmt.Errorf("%q: %q is not an element's local name", s, local)
+		return rootName{}, fmt.Errorf("%q: %q is not an element's local name", s, local)
 	}
-	return xmlGuardRoot{name: xml.Name{Space: space, Local: local}, anyNamespace: anyNamespace}, nil
+	return rootName{name: xml.Name{Space: space, Local: local}, anyNamespace: anyNamespace}, nil
 }
 
 // ServeHTTP checks the request, then lets the rest of the chain answer and
@@ -238,10 +238,10 @@ func (g *XMLGuard) oneConnection(r *http.Request) *http.Request {
 			if tc, ok := info.Conn.(*tls.Conn); !ok || tc.ConnectionState().NegotiatedProtocol != "h2" {
 				info.Conn.Close()
 			}
-			g.count(xmlGuardRequest, xmlGuardRefused, xmlGuardReplay)
+			g.count(dirRequest, resultRefused, reasonReplay)
 			g.logger.Warn("xml request not sent again",
-				zap.String("direction", xmlGuardRequest),
-				zap.String("reason", xmlGuardReplay),
+				zap.String("direction", dirRequest),
+				zap.String("reason", reasonReplay),
 				zap.String("method", r.Method),
 				zap.String("path", r.URL.Path),
 				zap.String("upstream", info.Conn.RemoteAddr().String()))
@@ -250,8 +250,8 @@ func (g *XMLGuard) oneConnection(r *http.Request) *http.Request {
 	return r.WithContext(httptrace.WithClientTrace(r.Context(), trace))
 }
 
-// xmlGuardViolation is why a request or response was refused.
-type xmlGuardViolation struct {
+// violation is why a request or response was refused.
+type violation struct {
 	status int // toward the client, for requests
 	reason string
 	size   int
@@ -260,13 +260,13 @@ type xmlGuardViolation struct {
 
 // checkRequest reads and checks r's body and, when it passes, puts the same
 // bytes back as a body that can be read once.
-func (g *XMLGuard) checkRequest(r *http.Request) *xmlGuardViolation {
+func (g *XMLGuard) checkRequest(r *http.Request) *violation {
 	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
-		g.count(xmlGuardRequest, xmlGuardPassed, xmlGuardNoBody)
+		g.count(dirRequest, resultPassed, reasonNoBody)
 		return nil
 	}
 	if ct := r.Header.Get("Content-Type"); ct != "" && !isXMLMediaType(ct) {
-		return &xmlGuardViolation{http.StatusUnsupportedMediaType, xmlGuardContentType, 0, fmt.Errorf("Content-Type %q is not XML", ct)}
+		return &violation{http.StatusUnsupportedMediaType, reasonContentType, 0, fmt.Errorf("Content-Type %q is not XML", ct)}
 	}
 	if r.ContentLength > g.MaxSize {
 		return g.tooLarge(http.StatusRequestEntityTooLarge, r.ContentLength)
@@ -281,8 +281,8 @@ func (g *XMLGuard) checkRequest(r *http.Request) *xmlGuardViolation {
 	if v := g.checkSOAPAction(r, len(body)); v != nil {
 		return v
 	}
-	g.count(xmlGuardRequest, xmlGuardPassed, xmlGuardChecked)
-	r.Body = &xmlGuardBody{rd: bytes.NewReader(body)}
+	g.count(dirRequest, resultPassed, reasonChecked)
+	r.Body = &onceBody{rd: bytes.NewReader(body)}
 	r.GetBody = nil
 	r.ContentLength = int64(len(body))
 	r.TransferEncoding = nil
@@ -291,7 +291,7 @@ func (g *XMLGuard) checkRequest(r *http.Request) *xmlGuardViolation {
 }
 
 // readRequestBody reads the whole body, at most MaxSize bytes.
-func (g *XMLGuard) readRequestBody(r *http.Request) ([]byte, *xmlGuardViolation) {
+func (g *XMLGuard) readRequestBody(r *http.Request) ([]byte, *violation) {
 	var buf bytes.Buffer
 	if r.ContentLength > 0 {
 		buf.Grow(int(r.ContentLength))
@@ -299,22 +299,22 @@ func (g *XMLGuard) readRequestBody(r *http.Request) ([]byte, *xmlGuardViolation)
 	n, err := buf.ReadFrom(io.LimitReader(r.Body, g.MaxSize+1))
 	switch {
 	case err != nil:
-		return nil, &xmlGuardViolation{http.StatusBadRequest, xmlGuardIncomplete, int(n), fmt.Errorf("reading the request body: %w", err)}
+		return nil, &violation{http.StatusBadRequest, reasonIncomplete, int(n), fmt.Errorf("reading the request body: %w", err)}
 	case n > g.MaxSize:
 		return nil, g.tooLarge(http.StatusRequestEntityTooLarge, n)
 	case r.ContentLength > 0 && n != r.ContentLength:
-		return nil, &xmlGuardViolation{http.StatusBadRequest, xmlGuardIncomplete, int(n), fmt.Errorf("Content-Length %d, body %d bytes", r.ContentLength, n)}
+		return nil, &violation{http.StatusBadRequest, reasonIncomplete, int(n), fmt.Errorf("Content-Length %d, body %d bytes", r.ContentLength, n)}
 	}
 	return buf.Bytes(), nil
 }
 
-func (g *XMLGuard) tooLarge(status int, size int64) *xmlGuardViolation {
-	return &xmlGuardViolation{status, policyguard.ReasonTooLarge, int(min(size, g.MaxSize+1)), fmt.Errorf("body of at least %d bytes is over max_size (%d bytes)", size, g.MaxSize)}
+func (g *XMLGuard) tooLarge(status int, size int64) *violation {
+	return &violation{status, policyguard.ReasonTooLarge, int(min(size, g.MaxSize+1)), fmt.Errorf("body of at least %d bytes is over max_size (%d bytes)", size, g.MaxSize)}
 }
 
 // checkDocument runs the XML check and the root check; status is what a
 // failure answers.
-func (g *XMLGuard) checkDocument(body []byte, status int) *xmlGuardViolation {
+func (g *XMLGuard) checkDocument(body []byte, status int) *violation {
 	root, err := policyguard.CheckXML(body, g.limits)
 	if err != nil {
 		reason := policyguard.ReasonMalformedXML
@@ -326,10 +326,10 @@ func (g *XMLGuard) checkDocument(body []byte, status int) *xmlGuardViolation {
 		if reason == policyguard.ReasonTooLarge && status == http.StatusBadRequest {
 			status = http.StatusRequestEntityTooLarge
 		}
-		return &xmlGuardViolation{status, reason, len(body), err}
+		return &violation{status, reason, len(body), err}
 	}
 	if !g.rootAllowed(root) {
-		return &xmlGuardViolation{status, xmlGuardUnlistedRoot, len(body), fmt.Errorf("root element {%s}%s is not listed in roots", root.Space, root.Local)}
+		return &violation{status, reasonUnlistedRoot, len(body), fmt.Errorf("root element {%s}%s is not listed in roots", root.Space, root.Local)}
 	}
 	return nil
 }
@@ -348,7 +348,7 @@ func (g *XMLGuard) rootAllowed(root xml.Name) bool {
 
 // checkSOAPAction refuses a request whose action is missing, repeated or
 // not listed, when SOAPActions is set.
-func (g *XMLGuard) checkSOAPAction(r *http.Request, size int) *xmlGuardViolation {
+func (g *XMLGuard) checkSOAPAction(r *http.Request, size int) *violation {
 	if len(g.SOAPActions) == 0 {
 		return nil
 	}
@@ -361,7 +361,7 @@ func (g *XMLGuard) checkSOAPAction(r *http.Request, size int) *xmlGuardViolation
 		}
 		err = fmt.Errorf("SOAP action %q is not listed in soap_actions", action)
 	}
-	return &xmlGuardViolation{http.StatusBadRequest, xmlGuardSOAPAction, size, err}
+	return &violation{http.StatusBadRequest, reasonSOAPAction, size, err}
 }
 
 // requestSOAPAction returns the SOAPAction header without its quotes, or
@@ -390,309 +390,108 @@ func isXMLMediaType(contentType string) bool {
 }
 
 // refuseRequest answers a refused request; the manager never sees it.
-func (g *XMLGuard) refuseRequest(w http.ResponseWriter, r *http.Request, v *xmlGuardViolation) error {
-	g.count(xmlGuardRequest, xmlGuardRefused, v.reason)
+func (g *XMLGuard) refuseRequest(w http.ResponseWriter, r *http.Request, v *violation) error {
+	g.count(dirRequest, resultRefused, v.reason)
 	g.logger.Warn("xml request refused",
-		zap.String("direction", xmlGuardRequest),
+		zap.String("direction", dirRequest),
 		zap.String("reason", v.reason),
 		zap.Int("status", v.status),
 		zap.String("method", r.Method),
 		zap.String("path", r.URL.Path),
 		zap.Int("bytes", v.size),
 		zap.Error(v.err))
-	return writeXMLGuardRefusal(w, v.status, http.StatusText(v.status)+": the request was refused by the gateway's XML guard\n")
+	return response.Refuse(w, v.status, 0, http.StatusText(v.status)+": the request was refused by the gateway's XML guard\n")
 }
+
+// switchingProtocols is the one response xml_guard does not hold: a
+// switched protocol is no longer XML.
+func switchingProtocols(status int) bool { return status == http.StatusSwitchingProtocols }
 
 // serveChecked lets the chain answer into a recorder and forwards the
 // response only once it has been checked.
 func (g *XMLGuard) serveChecked(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	rec := &xmlGuardRecorder{w: w, header: make(http.Header), limit: g.MaxSize}
-	aborted, err := xmlGuardServeNext(rec, r, next)
+	rec := response.NewRecorder(w, g.MaxSize, switchingProtocols)
+	defer rec.Release()
+	aborted, err := response.ServeNext(rec, r, next)
 	switch {
-	case rec.stream || (!rec.wroteHeader && (aborted || err != nil)):
+	case rec.Streamed() || (!rec.WroteHeader() && (aborted || err != nil)):
 		// A switched protocol, or nothing answered yet: the chain's own
 		// error (reverse_proxy's 502) goes to the client as it is.
 		if aborted {
 			panic(http.ErrAbortHandler)
 		}
 		return err
-	case rec.tooLarge:
-		return g.refuseResponse(w, r, rec, g.tooLarge(http.StatusBadGateway, max(rec.declared, int64(rec.body.Len())+1)))
+	case rec.TooLarge():
+		return g.refuseResponse(w, r, rec, g.tooLarge(http.StatusBadGateway, max(rec.Declared(), int64(rec.Len())+1)))
 	case aborted || err != nil:
-		return g.refuseResponse(w, r, rec, &xmlGuardViolation{http.StatusBadGateway, xmlGuardIncomplete, rec.body.Len(), incompleteError(err)})
+		return g.refuseResponse(w, r, rec, &violation{http.StatusBadGateway, reasonIncomplete, rec.Len(), response.Incomplete(err)})
 	}
 	if v := g.checkResponse(r, rec); v != nil {
 		return g.refuseResponse(w, r, rec, v)
 	}
-	return rec.forward(r)
+	return rec.Forward(w, r, false)
 }
 
 // checkResponse decides on a complete, buffered response.
-func (g *XMLGuard) checkResponse(r *http.Request, rec *xmlGuardRecorder) *xmlGuardViolation {
-	status := rec.statusCode()
-	if r.Method == http.MethodHead || rec.body.Len() == 0 || status == http.StatusNoContent || status == http.StatusNotModified {
-		g.count(xmlGuardResponse, xmlGuardPassed, xmlGuardNoBody)
+func (g *XMLGuard) checkResponse(r *http.Request, rec *response.Recorder) *violation {
+	status := rec.FinalStatus()
+	if r.Method == http.MethodHead || rec.Len() == 0 || status == http.StatusNoContent || status == http.StatusNotModified {
+		g.count(dirResponse, resultPassed, reasonNoBody)
 		return nil
 	}
-	if ct := rec.header.Get("Content-Type"); ct != "" && !isXMLMediaType(ct) {
+	if ct := rec.Held().Get("Content-Type"); ct != "" && !isXMLMediaType(ct) {
 		if status >= 200 && status < 300 {
-			return &xmlGuardViolation{http.StatusBadGateway, xmlGuardContentType, rec.body.Len(), fmt.Errorf("manager answered %d with Content-Type %q, not XML", status, ct)}
+			return &violation{http.StatusBadGateway, reasonContentType, rec.Len(), fmt.Errorf("manager answered %d with Content-Type %q, not XML", status, ct)}
 		}
-		g.count(xmlGuardResponse, xmlGuardPassed, xmlGuardNotXML)
+		g.count(dirResponse, resultPassed, reasonNotXML)
 		return nil
 	}
-	if v := g.checkDocument(rec.body.Bytes(), http.StatusBadGateway); v != nil {
+	if v := g.checkDocument(rec.Body(), http.StatusBadGateway); v != nil {
 		return v
 	}
-	g.count(xmlGuardResponse, xmlGuardPassed, xmlGuardChecked)
+	g.count(dirResponse, resultPassed, reasonChecked)
 	return nil
 }
 
 // refuseResponse answers 502; the client gets none of the manager's headers
 // or bytes.
-func (g *XMLGuard) refuseResponse(w http.ResponseWriter, r *http.Request, rec *xmlGuardRecorder, v *xmlGuardViolation) error {
-	g.count(xmlGuardResponse, xmlGuardRefused, v.reason)
+func (g *XMLGuard) refuseResponse(w http.ResponseWriter, r *http.Request, rec *response.Recorder, v *violation) error {
+	g.count(dirResponse, resultRefused, v.reason)
 	g.logger.Warn("xml response refused",
-		zap.String("direction", xmlGuardResponse),
+		zap.String("direction", dirResponse),
 		zap.String("reason", v.reason),
 		zap.String("method", r.Method),
 		zap.String("path", r.URL.Path),
-		zap.Int("upstream_status", rec.statusCode()),
+		zap.Int("upstream_status", rec.FinalStatus()),
 		zap.Int("upstream_bytes", v.size),
 		zap.Error(v.err))
-	return writeXMLGuardRefusal(w, http.StatusBadGateway, "502 Bad Gateway: the manager's response was refused by the gateway's XML guard\n")
-}
-
-func writeXMLGuardRefusal(w http.ResponseWriter, status int, body string) error {
-	h := w.Header()
-	h.Set("Content-Type", "text/plain; charset=utf-8")
-	h.Set("Content-Length", strconv.Itoa(len(body)))
-	h.Set("Cache-Control", "no-store")
-	w.WriteHeader(status)
-	_, err := io.WriteString(w, body)
-	return err
+	return response.Refuse(w, http.StatusBadGateway, 0, "502 Bad Gateway: the manager's response was refused by the gateway's XML guard\n")
 }
 
 func (g *XMLGuard) count(direction, result, reason string) {
 	g.results.WithLabelValues(direction, result, reason).Inc()
 }
 
-// xmlGuardServeNext runs the rest of the chain. reverse_proxy reports a
-// response body that failed mid-copy by panicking with
-// http.ErrAbortHandler; that is recovered here and reported as aborted.
-func xmlGuardServeNext(rec *xmlGuardRecorder, r *http.Request, next caddyhttp.Handler) (aborted bool, err error) {
-	defer func() {
-		if v := recover(); v != nil {
-			if v != http.ErrAbortHandler { //nolint:errorlint // the sentinel is panicked, not wrapped
-				panic(v)
-			}
-			aborted = true
-		}
-	}()
-	return false, next.ServeHTTP(rec, r)
-}
-
-// xmlGuardBody is a checked request body. It can be read through once:
+// onceBody is a checked request body. It can be read through once:
 // after it has been closed, reads fail instead of starting again, so a retry
 // further down the chain cannot send the body to the manager a second time.
-type xmlGuardBody struct {
+type onceBody struct {
 	rd     *bytes.Reader
 	closed atomic.Bool
 }
 
-var errXMLGuardBodySent = errors.New("xml_guard: the request body was already sent once and is not replayed")
+var errBodySent = errors.New("xml_guard: the request body was already sent once and is not replayed")
 
-func (b *xmlGuardBody) Read(p []byte) (int, error) {
+func (b *onceBody) Read(p []byte) (int, error) {
 	if b.closed.Load() {
-		return 0, errXMLGuardBodySent
+		return 0, errBodySent
 	}
 	return b.rd.Read(p)
 }
 
-func (b *xmlGuardBody) Close() error {
+func (b *onceBody) Close() error {
 	b.closed.Store(true)
 	return nil
-}
-
-// xmlGuardRecorder holds the manager's response until it has been checked.
-// A 101 Switching Protocols response is passed straight through (stream).
-type xmlGuardRecorder struct {
-	w           http.ResponseWriter
-	header      http.Header
-	body        bytes.Buffer
-	limit       int64
-	declared    int64 // the Content-Length over limit, when that made it tooLarge
-	status      int
-	wroteHeader bool
-	stream      bool
-	tooLarge    bool
-}
-
-// Header is the recorder's own map, or the client's once streaming.
-func (rec *xmlGuardRecorder) Header() http.Header {
-	if rec.stream {
-		return rec.w.Header()
-	}
-	return rec.header
-}
-
-// WriteHeader records the status. Informational responses other than 101
-// are not forwarded.
-func (rec *xmlGuardRecorder) WriteHeader(status int) {
-	if rec.wroteHeader || (status >= 100 && status < 200 && status != http.StatusSwitchingProtocols) {
-		return
-	}
-	rec.status, rec.wroteHeader = status, true
-	if status == http.StatusSwitchingProtocols {
-		rec.stream = true
-		copyHeaderMap(rec.w.Header(), rec.header)
-		rec.w.WriteHeader(status)
-		return
-	}
-	if cl, err := strconv.ParseInt(rec.header.Get("Content-Length"), 10, 64); err == nil && cl > rec.limit {
-		rec.declared, rec.tooLarge = cl, true
-	}
-}
-
-func (rec *xmlGuardRecorder) Write(p []byte) (int, error) {
-	rec.WriteHeader(http.StatusOK)
-	if rec.stream {
-		return rec.w.Write(p)
-	}
-	if rec.tooLarge || int64(rec.body.Len()+len(p)) > rec.limit {
-		rec.tooLarge = true
-		return 0, errXMLGuardResponseTooLarge
-	}
-	return rec.body.Write(p)
-}
-
-var errXMLGuardResponseTooLarge = errors.New("xml_guard: response body over max_size")
-
-// FlushError flushes a streamed response; a held one is not flushed.
-func (rec *xmlGuardRecorder) FlushError() error {
-	if !rec.stream {
-		return nil
-	}
-	return http.NewResponseController(rec.w).Flush()
-}
-
-// Unwrap gives http.ResponseController the client's writer (deadlines,
-// hijacking after a 101).
-func (rec *xmlGuardRecorder) Unwrap() http.ResponseWriter { return rec.w }
-
-func (rec *xmlGuardRecorder) statusCode() int {
-	if rec.status == 0 {
-		return http.StatusOK
-	}
-	return rec.status
-}
-
-// forward writes the held response unchanged: the manager's headers
-// (trailers left out), its status and its bytes, with a Content-Length
-// counted from them.
-func (rec *xmlGuardRecorder) forward(r *http.Request) error {
-	h := rec.w.Header()
-	copyResponseHeader(h, rec.header)
-	status := rec.statusCode()
-	if r.Method != http.MethodHead && status != http.StatusNoContent && status != http.StatusNotModified {
-		h.Set("Content-Length", strconv.Itoa(rec.body.Len()))
-	}
-	rec.w.WriteHeader(status)
-	if rec.body.Len() == 0 {
-		return nil
-	}
-	_, err := rec.w.Write(rec.body.Bytes())
-	return err
-}
-
-func parseXMLGuard(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
-	g := new(XMLGuard)
-	err := g.UnmarshalCaddyfile(h.Dispenser)
-	return g, err
-}
-
-// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
-//
-//	xml_guard [<matcher>] {
-//	    max_size     <size>
-//	    max_depth    <n>
-//	    max_elements <n>
-//	    roots        <element> [<element>...]
-//	    soap_actions <action> [<action>...]
-//	    requests     on|off
-//	    responses    on|off
-//	}
-//
-// The block is optional: `xml_guard /MAWebService2/*` checks requests and
-// responses with the defaults. Sizes take units (1MiB, 512KB) or plain
-// bytes. An element is a local name (Envelope, any namespace) or
-// {namespace}local. roots and soap_actions may be repeated; their lists add
-// up. Actions are written without the quotes the SOAPAction header carries.
-func (g *XMLGuard) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next()
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	for d.NextBlock(0) {
-		var err error
-		switch d.Val() {
-		case "max_size":
-			g.MaxSize, err = sizeArg(d)
-		case "max_depth":
-			g.MaxDepth, err = xmlGuardCountArg(d)
-		case "max_elements":
-			g.MaxElements, err = xmlGuardCountArg(d)
-		case "roots":
-			g.Roots, err = appendArgs(d, g.Roots)
-		case "soap_actions":
-			g.SOAPActions, err = appendArgs(d, g.SOAPActions)
-		case "requests":
-			g.SkipRequests, err = xmlGuardOffArg(d)
-		case "responses":
-			g.SkipResponses, err = xmlGuardOffArg(d)
-		default:
-			return d.Errf("xml_guard: unknown subdirective %q", d.Val())
-		}
-		if err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// xmlGuardCountArg reads one positive whole number.
-func xmlGuardCountArg(d *caddyfile.Dispenser) (int, error) {
-	field := d.Val()
-	if !d.NextArg() {
-		return 0, d.Errf("%s: want a positive whole number", field)
-	}
-	n, err := strconv.Atoi(d.Val())
-	if err != nil || n <= 0 {
-		return 0, d.Errf("%s: %q is not a positive whole number", field, d.Val())
-	}
-	if d.NextArg() {
-		return 0, d.ArgErr()
-	}
-	return n, nil
-}
-
-// xmlGuardOffArg reads on or off and reports whether it was off.
-func xmlGuardOffArg(d *caddyfile.Dispenser) (bool, error) {
-	field := d.Val()
-	if !d.NextArg() {
-		return false, d.Errf("%s: want on or off", field)
-	}
-	value := d.Val()
-	if d.NextArg() {
-		return false, d.ArgErr()
-	}
-	switch value {
-	case "on":
-		return false, nil
-	case "off":
-		return true, nil
-	}
-	return false, d.Errf("%s: %q is neither on nor off", field, value)
 }
 
 // Interface guards.
@@ -700,5 +499,4 @@ var (
 	_ caddy.Provisioner           = (*XMLGuard)(nil)
 	_ caddy.Validator             = (*XMLGuard)(nil)
 	_ caddyhttp.MiddlewareHandler = (*XMLGuard)(nil)
-	_ caddyfile.Unmarshaler       = (*XMLGuard)(nil)
 )

@@ -1,4 +1,4 @@
-package caddymodule
+package xmlguard
 
 import (
 	"bytes"
@@ -79,7 +79,7 @@ func provisionXMLGuard(t *testing.T, g *XMLGuard) *observer.ObservedLogs {
 	t.Helper()
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	t.Cleanup(cancel)
-	if err := g.Provision(ctx); err != nil {
+	if err := provisionLikeCaddy(ctx, g); err != nil {
 		t.Fatalf("provision: %v", err)
 	}
 	core, logs := observer.New(zapcore.InfoLevel)
@@ -390,8 +390,8 @@ func TestXMLGuardBodyIsReadOnceOnly(t *testing.T) {
 	if string(bodies[0]) != xmlGuardSOAP || errs[0] != nil {
 		t.Fatalf("first read: %q, %v", bodies[0], errs[0])
 	}
-	if len(bodies[1]) != 0 || !errors.Is(errs[1], errXMLGuardBodySent) {
-		t.Fatalf("second read after Close: %d bytes, %v; want none and errXMLGuardBodySent", len(bodies[1]), errs[1])
+	if len(bodies[1]) != 0 || !errors.Is(errs[1], errBodySent) {
+		t.Fatalf("second read after Close: %d bytes, %v; want none and errBodySent", len(bodies[1]), errs[1])
 	}
 }
 
@@ -471,7 +471,7 @@ func TestXMLGuardProvisionNamesTheField(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 			defer cancel()
-			err := tt.g.Provision(ctx)
+			err := provisionLikeCaddy(ctx, &tt.g)
 			if err == nil || !strings.Contains(err.Error(), "xml_guard: "+tt.want) {
 				t.Fatalf("error %v, want one naming %q", err, tt.want)
 			}
