@@ -8,5 +8,6 @@ import (
 	_ "github.com/legacygate/legacygate/caddymodule"
 	_ "github.com/legacygate/legacygate/caddymodule/heartbeatlimit"
 	_ "github.com/legacygate/legacygate/caddymodule/legacytls"
+	_ "github.com/legacygate/legacygate/caddymodule/packageguard"
 	_ "github.com/legacygate/legacygate/caddymodule/xmlguard"
 )

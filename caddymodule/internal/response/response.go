@@ -75,3 +75,13 @@ func Incomplete(err error) error {
 	}
 	return fmt.Errorf("the upstream response body ended early: %w", err)
 }
+
+// Refusal is a failure with the stable reason token that goes into the log
+// line and the metric label.
+type Refusal struct {
+	Reason string
+	Err    error
+}
+
+func (e *Refusal) Error() string { return e.Reason + ": " + e.Err.Error() }
+func (e *Refusal) Unwrap() error { return e.Err }

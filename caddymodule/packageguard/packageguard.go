@@ -1,4 +1,4 @@
-package caddymodule
+package packageguard
 
 import (
 	"bytes"
@@ -6,18 +6,18 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"strconv"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/legacygate/legacygate/caddymodule/internal/metrics"
+	"github.com/legacygate/legacygate/caddymodule/internal/response"
 	"github.com/legacygate/legacygate/policyguard"
 )
 
@@ -108,12 +108,13 @@ const (
 	pkgReasonSignature        = "bad_signature" // or the verifier's reason: untrusted_key, digest_mismatch, malformed_cms, …
 )
 
-var packageGuardResults = prometheus.NewCounterVec(prometheus.CounterOpts{
+var guardResults = prometheus.NewCounterVec(prometheus.CounterOpts{
 	Name: "legacygate_package_guard_results_total",
 	Help: "Responses handled by package_guard, by result (verified, passed, refused) and reason.",
 }, []string{"result", "reason"})
 
 // Provision loads the pinned certificates and registers the metric.
+// Caddy calls Validate after it.
 func (g *PackageGuard) Provision(ctx caddy.Context) error {
 	g.logger = ctx.Logger()
 	if g.SignatureSuffix == "" {
@@ -122,11 +123,11 @@ func (g *PackageGuard) Provision(ctx caddy.Context) error {
 	if g.MaxSize == 0 {
 		g.MaxSize = defaultPackageMaxSize
 	}
-	if err := g.Validate(); err != nil {
-		return err
+	if g.MaxSize < 0 { // checked here: the verifier is built with it
+		return fmt.Errorf("package_guard: max_size: %d is negative", g.MaxSize)
 	}
 	var err error
-	if g.results, err = registerCollector(ctx.GetMetricsRegistry(), packageGuardResults); err != nil {
+	if g.results, err = metrics.Register(ctx.GetMetricsRegistry(), guardResults); err != nil {
 		return err
 	}
 	pinned, err := policyguard.LoadCertificates(g.UpstreamCerts...)
@@ -153,8 +154,6 @@ func (g *PackageGuard) Validate() error {
 	switch {
 	case len(g.UpstreamCerts) == 0:
 		return errors.New("package_guard: upstream_cert: at least one manager certificate file is required")
-	case g.MaxSize < 0:
-		return fmt.Errorf("package_guard: max_size: %d is negative", g.MaxSize)
 	case g.SignatureHeader != "" && !pkgHeaderName(g.SignatureHeader):
 		return fmt.Errorf("package_guard: signature_header: %q is not a header name", g.SignatureHeader)
 	case g.SignatureSuffix != "" && (strings.ContainsAny(g.SignatureSuffix, "/?# \t") || !strings.HasPrefix(g.SignatureSuffix, ".")):
@@ -182,12 +181,13 @@ func (g *PackageGuard) ServeHTTP(w http.ResponseWriter, r *http.Request, next ca
 		return next.ServeHTTP(w, r)
 	}
 	pkg, err := g.fetch(packageRequest(r, ""), next, g.MaxSize)
+	defer pkg.Release()
 	if err != nil {
 		return g.fail(w, r, pkg, err)
 	}
-	if !pkgIs2xx(pkg.status) {
+	if !pkgIs2xx(pkg.Status()) {
 		g.count(pkgResultPassed, pkgReasonStatus)
-		return pkg.forward(w, r)
+		return pkg.Forward(w, r, true)
 	}
 	if err := checkPackage(pkg); err != nil {
 		return g.refuse(w, r, pkg, err)
@@ -196,11 +196,11 @@ func (g *PackageGuard) ServeHTTP(w http.ResponseWriter, r *http.Request, next ca
 	if err != nil {
 		return g.fail(w, r, pkg, err)
 	}
-	if err := g.verifier.Verify(pkg.body.Bytes(), sig); err != nil {
-		return g.refuse(w, r, pkg, &refusal{cmp.Or(policyguard.Reason(err), pkgReasonSignature), err})
+	if err := g.verifier.Verify(pkg.Body(), sig); err != nil {
+		return g.refuse(w, r, pkg, &response.Refusal{Reason: cmp.Or(policyguard.Reason(err), pkgReasonSignature), Err: err})
 	}
 	g.count(pkgResultVerified, pkgReasonVerified)
-	return pkg.forward(w, r)
+	return pkg.Forward(w, r, true)
 }
 
 // packageRequest is the request the chain answers: r itself for the
@@ -232,79 +232,72 @@ func packageRequest(r *http.Request, suffix string) *http.Request {
 }
 
 // fetch runs the rest of the chain for req into a buffer of at most limit
-// bytes. reverse_proxy reports a body that failed mid-copy by panicking with
-// http.ErrAbortHandler; that is recovered here and reported as incomplete.
-func (g *PackageGuard) fetch(req *http.Request, next caddyhttp.Handler, limit int64) (rec *packageRecorder, err error) {
-	rec = &packageRecorder{header: make(http.Header), limit: limit}
-	defer func() {
-		if v := recover(); v != nil {
-			if v != http.ErrAbortHandler { //nolint:errorlint // the sentinel is panicked, not wrapped
-				panic(v)
-			}
-			err = &refusal{pkgReasonIncomplete, errors.New("the upstream response body ended early")}
-		}
-	}()
-	err = next.ServeHTTP(rec, req)
+// bytes, nothing streamed. A body that failed mid-copy (reverse_proxy's
+// http.ErrAbortHandler) is incomplete. The recorder is never nil; release it.
+func (g *PackageGuard) fetch(req *http.Request, next caddyhttp.Handler, limit int64) (*response.Recorder, error) {
+	rec := response.NewRecorder(nil, limit, nil)
+	aborted, err := response.ServeNext(rec, req, next)
 	switch {
-	case rec.tooLarge:
-		return rec, &refusal{pkgReasonTooLarge, fmt.Errorf("body over %d bytes", limit)}
-	case err != nil && rec.status == 0:
+	case aborted:
+		return rec, &response.Refusal{Reason: pkgReasonIncomplete, Err: errors.New("the upstream response body ended early")}
+	case rec.TooLarge():
+		return rec, &response.Refusal{Reason: pkgReasonTooLarge, Err: fmt.Errorf("body over %d bytes", limit)}
+	case err != nil && rec.Status() == 0:
 		return rec, err // nothing arrived: Caddy's error handling answers
 	case err != nil:
-		return rec, &refusal{pkgReasonIncomplete, fmt.Errorf("upstream: %w", err)}
+		return rec, &response.Refusal{Reason: pkgReasonIncomplete, Err: fmt.Errorf("upstream: %w", err)}
 	}
-	if rec.status == 0 {
-		rec.status = http.StatusOK
-	}
+	rec.WriteHeader(http.StatusOK) // a handler that wrote nothing answered 200
 	return rec, nil
 }
 
 // checkPackage refuses the transport-level problems of a buffered 2xx package.
-func checkPackage(rec *packageRecorder) error {
-	if rec.status == http.StatusPartialContent {
-		return &refusal{pkgReasonPartialContent, errors.New("manager answered 206 Partial Content although no range was asked")}
+func checkPackage(rec *response.Recorder) error {
+	if rec.Status() == http.StatusPartialContent {
+		return &response.Refusal{Reason: pkgReasonPartialContent, Err: errors.New("manager answered 206 Partial Content although no range was asked")}
 	}
-	if ce := rec.header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
-		return &refusal{pkgReasonContentEncoding, fmt.Errorf("manager sent Content-Encoding %q although identity was asked", ce)}
+	if ce := rec.Held().Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
+		return &response.Refusal{Reason: pkgReasonContentEncoding, Err: fmt.Errorf("manager sent Content-Encoding %q although identity was asked", ce)}
 	}
-	if cl := rec.header.Get("Content-Length"); cl != "" && cl != strconv.Itoa(rec.body.Len()) {
-		return &refusal{pkgReasonIncomplete, fmt.Errorf("manager promised Content-Length %s and sent %d bytes", cl, rec.body.Len())}
+	if cl := rec.Held().Get("Content-Length"); cl != "" && cl != strconv.Itoa(rec.Len()) {
+		return &response.Refusal{Reason: pkgReasonIncomplete, Err: fmt.Errorf("manager promised Content-Length %s and sent %d bytes", cl, rec.Len())}
 	}
 	return nil
 }
 
 // signature returns the package's detached signature, from the response
 // header or the sidecar file.
-func (g *PackageGuard) signature(r *http.Request, pkg *packageRecorder, next caddyhttp.Handler) ([]byte, error) {
+func (g *PackageGuard) signature(r *http.Request, pkg *response.Recorder, next caddyhttp.Handler) ([]byte, error) {
 	if g.SignatureHeader != "" {
-		v := strings.TrimSpace(pkg.header.Get(g.SignatureHeader))
+		v := strings.TrimSpace(pkg.Held().Get(g.SignatureHeader))
 		if v == "" {
-			return nil, &refusal{pkgReasonMissingSignature, fmt.Errorf("no %s header", g.SignatureHeader)}
+			return nil, &response.Refusal{Reason: pkgReasonMissingSignature, Err: fmt.Errorf("no %s header", g.SignatureHeader)}
 		}
 		if len(v) > base64.StdEncoding.EncodedLen(maxPackageSignatureSize) {
-			return nil, &refusal{pkgReasonTooLarge, fmt.Errorf("%s header of %d bytes", g.SignatureHeader, len(v))}
+			return nil, &response.Refusal{Reason: pkgReasonTooLarge, Err: fmt.Errorf("%s header of %d bytes", g.SignatureHeader, len(v))}
 		}
 		sig, err := base64.StdEncoding.DecodeString(v)
 		if err != nil {
-			return nil, &refusal{pkgReasonBadSignatureEnc, fmt.Errorf("%s header: %w", g.SignatureHeader, err)}
+			return nil, &response.Refusal{Reason: pkgReasonBadSignatureEnc, Err: fmt.Errorf("%s header: %w", g.SignatureHeader, err)}
 		}
 		return sig, nil
 	}
 	rec, err := g.fetch(packageRequest(r, g.SignatureSuffix), next, maxPackageSignatureSize)
+	defer rec.Release()
 	if err != nil {
-		var ref *refusal
+		var ref *response.Refusal
 		if errors.As(err, &ref) {
-			ref.err = fmt.Errorf("signature %s%s: %w", r.URL.Path, g.SignatureSuffix, ref.err)
+			ref.Err = fmt.Errorf("signature %s%s: %w", r.URL.Path, g.SignatureSuffix, ref.Err)
 		}
 		return nil, err
 	}
-	if rec.status != http.StatusOK {
-		return nil, &refusal{pkgReasonMissingSignature, fmt.Errorf("signature %s%s: manager answered %d", r.URL.Path, g.SignatureSuffix, rec.status)}
+	if rec.Status() != http.StatusOK {
+		return nil, &response.Refusal{Reason: pkgReasonMissingSignature, Err: fmt.Errorf("signature %s%s: manager answered %d", r.URL.Path, g.SignatureSuffix, rec.Status())}
 	}
 	if err := checkPackage(rec); err != nil {
 		return nil, err
 	}
-	return rec.body.Bytes(), nil
+	return bytes.Clone(rec.Body()), nil // the recorder goes back to its pool
 }
 
 func pkgIs2xx(status int) bool { return status >= 200 && status < 300 }
@@ -317,8 +310,8 @@ func (g *PackageGuard) count(result, reason string) {
 // response (the manager unreachable, a timeout) to Caddy's error handling,
 // which answers 502 or 504 and logs it. Either way nothing of the package
 // reaches the client.
-func (g *PackageGuard) fail(w http.ResponseWriter, r *http.Request, pkg *packageRecorder, err error) error {
-	var ref *refusal
+func (g *PackageGuard) fail(w http.ResponseWriter, r *http.Request, pkg *response.Recorder, err error) error {
+	var ref *response.Refusal
 	if errors.As(err, &ref) {
 		return g.refuse(w, r, pkg, err)
 	}
@@ -328,139 +321,30 @@ func (g *PackageGuard) fail(w http.ResponseWriter, r *http.Request, pkg *package
 
 // refuse answers 502 with a short body, logs why, and counts it. The client
 // gets none of the manager's headers or bytes.
-func (g *PackageGuard) refuse(w http.ResponseWriter, r *http.Request, pkg *packageRecorder, err error) error {
+func (g *PackageGuard) refuse(w http.ResponseWriter, r *http.Request, pkg *response.Recorder, err error) error {
 	reason := pkgReasonSignature
-	var ref *refusal
+	var ref *response.Refusal
 	if errors.As(err, &ref) {
-		reason = ref.reason
+		reason = ref.Reason
 	}
 	g.count(pkgResultRefused, reason)
 	g.logger.Warn("package refused",
 		zap.String("reason", reason),
 		zap.String("path", r.URL.Path),
-		zap.Int("upstream_status", pkg.status),
-		zap.Int("upstream_bytes", pkg.body.Len()),
+		zap.Int("upstream_status", pkg.Status()),
+		zap.Int("upstream_bytes", pkg.Len()),
 		zap.Strings("pinned", g.pinned),
 		zap.Error(err),
 	)
-	h := w.Header()
-	h.Set("Content-Type", "text/plain; charset=utf-8")
-	h.Set("Content-Length", strconv.Itoa(len(packageRefusalBody)))
-	h.Set("Cache-Control", "no-store")
-	w.WriteHeader(http.StatusBadGateway)
-	_, werr := io.WriteString(w, packageRefusalBody)
-	return werr
+	return response.Refuse(w, http.StatusBadGateway, 0, packageRefusalBody)
 }
 
 // packageRefusalBody is all a client learns of a refusal; the reason is in the log.
 const packageRefusalBody = "502 Bad Gateway: the manager's package was refused by the gateway\n"
-
-// packageRecorder holds a response, headers and at most limit bytes of body.
-type packageRecorder struct {
-	header   http.Header
-	body     bytes.Buffer
-	limit    int64
-	status   int
-	tooLarge bool
-}
-
-func (rec *packageRecorder) Header() http.Header { return rec.header }
-
-// WriteHeader records the final status; informational ones are dropped.
-func (rec *packageRecorder) WriteHeader(status int) {
-	if rec.status != 0 || status < 200 {
-		return
-	}
-	rec.status = status
-	if cl, err := strconv.ParseInt(rec.header.Get("Content-Length"), 10, 64); err == nil && cl > rec.limit {
-		rec.tooLarge = true
-	}
-}
-
-func (rec *packageRecorder) Write(p []byte) (int, error) {
-	rec.WriteHeader(http.StatusOK)
-	if rec.tooLarge || int64(rec.body.Len())+int64(len(p)) > rec.limit {
-		rec.tooLarge = true
-		return 0, errors.New("package_guard: response body over max_size")
-	}
-	return rec.body.Write(p)
-}
-
-// forward writes the held response unchanged: headers (trailers left out),
-// status, and the bytes, with a Content-Length counted from them; no body
-// for HEAD.
-func (rec *packageRecorder) forward(w http.ResponseWriter, r *http.Request) error {
-	h := w.Header()
-	copyResponseHeader(h, rec.header)
-	if rec.status != http.StatusNoContent && rec.status != http.StatusNotModified {
-		h.Set("Content-Length", strconv.Itoa(rec.body.Len()))
-	}
-	w.WriteHeader(rec.status)
-	if r.Method == http.MethodHead || rec.body.Len() == 0 {
-		return nil
-	}
-	_, err := w.Write(rec.body.Bytes())
-	return err
-}
-
-func parsePackageGuard(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
-	g := new(PackageGuard)
-	err := g.UnmarshalCaddyfile(h.Dispenser)
-	return g, err
-}
-
-// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
-//
-//	package_guard [<matcher>] {
-//	    upstream_cert    <file> [<file>...]
-//	    signature_header <header>
-//	    signature_suffix <suffix>
-//	    allow_sha1
-//	    ignore_expiry
-//	    max_size         <size>
-//	}
-//
-// upstream_cert may be repeated; its lists add up. Without signature_header
-// the signature is fetched from the package's path plus signature_suffix
-// (default .p7s). Sizes take units (64MiB) or plain bytes. For example:
-//
-//	package_guard /epm/packages/* {
-//	    upstream_cert /etc/legacygate/manager.crt
-//	}
-func (g *PackageGuard) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next()
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	for d.NextBlock(0) {
-		var err error
-		switch d.Val() {
-		case "upstream_cert":
-			g.UpstreamCerts, err = appendArgs(d, g.UpstreamCerts)
-		case "signature_header":
-			g.SignatureHeader, err = oneArg(d)
-		case "signature_suffix":
-			g.SignatureSuffix, err = oneArg(d)
-		case "allow_sha1":
-			g.AllowSHA1, err = true, noArgs(d)
-		case "ignore_expiry":
-			g.IgnoreExpiry, err = true, noArgs(d)
-		case "max_size":
-			g.MaxSize, err = sizeArg(d)
-		default:
-			return d.Errf("package_guard: unknown subdirective %q", d.Val())
-		}
-		if err != nil {
-			return err
-		}
-	}
-	return nil
-}
 
 // Interface guards.
 var (
 	_ caddy.Provisioner           = (*PackageGuard)(nil)
 	_ caddy.Validator             = (*PackageGuard)(nil)
 	_ caddyhttp.MiddlewareHandler = (*PackageGuard)(nil)
-	_ caddyfile.Unmarshaler       = (*PackageGuard)(nil)
 )

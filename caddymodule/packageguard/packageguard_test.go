@@ -1,4 +1,4 @@
-package caddymodule
+package packageguard
 
 import (
 	"bytes"
@@ -112,7 +112,10 @@ func provisionPackageGuard(t *testing.T, g *PackageGuard) error {
 	t.Helper()
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	t.Cleanup(cancel)
-	return g.Provision(ctx)
+	if err := g.Provision(ctx); err != nil {
+		return err
+	}
+	return g.Validate() // after Provision, as Caddy does
 }
 
 func writeCert(t *testing.T, pair *certs.Pair) string {
@@ -214,7 +217,7 @@ func TestPackageGuardForwardsOnlyVerifiedPackages(t *testing.T) {
 			}
 			core, logs := observer.New(zapcore.InfoLevel)
 			g.logger = zap.New(core)
-			before := testutil.ToFloat64(packageGuardResults.WithLabelValues(tc.wantResult, tc.wantReason))
+			before := testutil.ToFloat64(guardResults.WithLabelValues(tc.wantResult, tc.wantReason))
 			m := &packageManager{files: tc.files, requests: map[string]int{}, abort: tc.abort}
 			w := httptest.NewRecorder()
 			if err := g.ServeHTTP(w, httptest.NewRequest(http.MethodGet, path, nil), m); err != nil {
@@ -237,7 +240,7 @@ func TestPackageGuardForwardsOnlyVerifiedPackages(t *testing.T) {
 					t.Fatalf("no %q log line with reason %s: %v", "package refused", tc.wantReason, logs.All())
 				}
 			}
-			if got := testutil.ToFloat64(packageGuardResults.WithLabelValues(tc.wantResult, tc.wantReason)) - before; got != 1 {
+			if got := testutil.ToFloat64(guardResults.WithLabelValues(tc.wantResult, tc.wantReason)) - before; got != 1 {
 				t.Fatalf("metric {%s,%s} grew by %v, want 1", tc.wantResult, tc.wantReason, got)
 			}
 		})
@@ -394,7 +397,7 @@ func TestPackageGuardHandsUnreachableManagerToCaddy(t *testing.T) {
 	}
 	dialErr := caddyhttp.Error(http.StatusBadGateway, errors.New("dial tcp 127.0.0.1:1: connection refused"))
 	next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return dialErr })
-	before := testutil.ToFloat64(packageGuardResults.WithLabelValues(pkgResultRefused, pkgReasonUpstream))
+	before := testutil.ToFloat64(guardResults.WithLabelValues(pkgResultRefused, pkgReasonUpstream))
 	w := httptest.NewRecorder()
 	if err := g.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/epm/packages/EPS.msi", nil), next); !errors.Is(err, dialErr) {
 		t.Fatalf("ServeHTTP returned %v, want the upstream error for Caddy to answer", err)
@@ -402,7 +405,7 @@ func TestPackageGuardHandsUnreachableManagerToCaddy(t *testing.T) {
 	if w.Body.Len() != 0 || len(w.Header()) != 0 {
 		t.Fatalf("the handler wrote %d bytes and headers %v itself", w.Body.Len(), w.Header())
 	}
-	if got := testutil.ToFloat64(packageGuardResults.WithLabelValues(pkgResultRefused, pkgReasonUpstream)) - before; got != 1 {
+	if got := testutil.ToFloat64(guardResults.WithLabelValues(pkgResultRefused, pkgReasonUpstream)) - before; got != 1 {
 		t.Fatalf("metric {refused,upstream_error} grew by %v, want 1", got)
 	}
 }
