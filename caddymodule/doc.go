@@ -1,5 +1,18 @@
-// Package caddymodule holds all of legacygate's Caddy glue: module
-// registration, Caddyfile parsing, the HTTP handlers, the legacy_tls upstream
-// transport, the legacygate app, its admin API, metrics and the CLI
-// subcommands. The pure packages policyguard and rewrite do the real work.
+// Package caddymodule holds legacygate's Caddy glue, one package per
+// module: heartbeatlimit, legacytls, packageguard, policyguard (the
+// handler; the pure library is the top-level policyguard), rotation (the
+// legacygate app, plaintext_bridge, the admin API and its command) and
+// xmlguard. Package standard registers them all; internal holds what
+// several of them share. The pure packages policyguard, rewrite and
+// internal/… do the real work.
+//
+// Directive order: each module registers its own, so a Caddyfile needs no
+// `order` lines. Caddy only lets plugins anchor on standard directives, so
+// each directive gets its own anchor, chosen so that a request meets them
+// in this order:
+//
+//	plaintext_bridge → heartbeat_limit → xml_guard → (encode …) → policy_guard → handle/route → reverse_proxy
+//
+// policy_guard sits after encode so that it sees the manager's identity bytes,
+// and before handle so that a top-level policy_guard wraps handle blocks too.
 package caddymodule

@@ -154,6 +154,8 @@ func (g *PackageGuard) Validate() error {
 	switch {
 	case len(g.UpstreamCerts) == 0:
 		return errors.New("package_guard: upstream_cert: at least one manager certificate file is required")
+	case g.MaxSize < 0:
+		return fmt.Errorf("package_guard: max_size: %d is negative", g.MaxSize)
 	case g.SignatureHeader != "" && !pkgHeaderName(g.SignatureHeader):
 		return fmt.Errorf("package_guard: signature_header: %q is not a header name", g.SignatureHeader)
 	case g.SignatureSuffix != "" && (strings.ContainsAny(g.SignatureSuffix, "/?# \t") || !strings.HasPrefix(g.SignatureSuffix, ".")):

@@ -5,9 +5,10 @@ package standard
 
 import (
 	// legacygate's modules, commands and directives.
-	_ "github.com/legacygate/legacygate/caddymodule"
 	_ "github.com/legacygate/legacygate/caddymodule/heartbeatlimit"
 	_ "github.com/legacygate/legacygate/caddymodule/legacytls"
 	_ "github.com/legacygate/legacygate/caddymodule/packageguard"
+	_ "github.com/legacygate/legacygate/caddymodule/policyguard"
+	_ "github.com/legacygate/legacygate/caddymodule/rotation"
 	_ "github.com/legacygate/legacygate/caddymodule/xmlguard"
 )

@@ -1,17 +1,17 @@
-package caddymodule
+package rotation
 
 import (
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"strconv"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/legacygate/legacygate/caddymodule/internal/metrics"
+	"github.com/legacygate/legacygate/caddymodule/internal/response"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 )
@@ -19,6 +19,8 @@ import (
 func init() {
 	caddy.RegisterModule(PlaintextBridge{})
 	httpcaddyfile.RegisterHandlerDirective("plaintext_bridge", parsePlaintextBridge)
+	// First of legacygate's handlers (see caddymodule/doc.go).
+	httpcaddyfile.RegisterDirectiveOrder("plaintext_bridge", httpcaddyfile.Before, "redir")
 }
 
 // What plaintext_bridge does outside the window.
@@ -96,11 +98,9 @@ var plaintextBridgeResults = prometheus.NewCounterVec(prometheus.CounterOpts{
 	Help: "Requests on the plaintext bridge, by result (passed, refused) and reason.",
 }, []string{"result", "reason"})
 
-// Provision finds the legacygate app and registers the counter.
+// Provision finds the legacygate app and registers the counter. Caddy
+// calls Validate after it.
 func (b *PlaintextBridge) Provision(ctx caddy.Context) error {
-	if err := b.Validate(); err != nil {
-		return err
-	}
 	app, err := ctx.AppIfConfigured("legacygate")
 	if err != nil {
 		return fmt.Errorf("plaintext_bridge: needs the legacygate global option (its rotation window): %w", err)
@@ -130,7 +130,7 @@ func (b *PlaintextBridge) provision(ctx caddy.Context, app *App) error {
 		b.uploads = append(b.uploads, newRequestMatcher(s))
 	}
 	var err error
-	b.results, err = registerCollector(ctx.GetMetricsRegistry(), plaintextBridgeResults)
+	b.results, err = metrics.Register(ctx.GetMetricsRegistry(), plaintextBridgeResults)
 	return err
 }
 
@@ -173,7 +173,7 @@ func (b *PlaintextBridge) Validate() error {
 
 // ServeHTTP passes the request on or refuses it.
 func (b *PlaintextBridge) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	b.app.observeHeartbeat(r, true)
+	b.app.ObserveHeartbeat(r, true)
 	if matchAny(b.uploads, r) {
 		return b.refuse(w, r, http.StatusForbidden, bridgeLogUpload)
 	}
@@ -240,12 +240,7 @@ func (b *PlaintextBridge) refuse(w http.ResponseWriter, r *http.Request, status 
 		h.Set("Connection", "Upgrade")
 	}
 	body := strconv.Itoa(status) + " " + http.StatusText(status) + ": " + bridgeRefusalText[reason] + "\n"
-	h.Set("Content-Type", "text/plain; charset=utf-8")
-	h.Set("Content-Length", strconv.Itoa(len(body)))
-	h.Set("Cache-Control", "no-store")
-	w.WriteHeader(status)
-	_, err := io.WriteString(w, body)
-	return err
+	return response.Refuse(w, status, 0, body)
 }
 
 var bridgeRefusalText = map[string]string{
@@ -255,64 +250,9 @@ var bridgeRefusalText = map[string]string{
 	bridgeOutsideWindow:  "use HTTPS",
 }
 
-func parsePlaintextBridge(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
-	b := new(PlaintextBridge)
-	err := b.UnmarshalCaddyfile(h.Dispenser)
-	return b, err
-}
-
-// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
-//
-//	plaintext_bridge [<matcher>] {
-//	    allow          <path> [<path>...]
-//	    migration      [<path>] [<param>=<value>...]
-//	    upload         [<path>] [<param>=<value>...]
-//	    outside_window migrate|426|403
-//	    max_body       <size>
-//	}
-//
-// allow, migration and upload may be repeated. A path matches
-// case-insensitively, a trailing * matches any rest; every <param>=<value>
-// must be in the query. upload replaces the default
-// (/secars/secars.dll action=log).
-func (b *PlaintextBridge) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next()
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	for d.NextBlock(0) {
-		var err error
-		switch d.Val() {
-		case "allow":
-			b.Allow, err = appendArgs(d, b.Allow)
-		case "migration":
-			var s *RequestSpec
-			if s, err = unmarshalRequestSpec(d); err == nil {
-				b.Migration = append(b.Migration, *s)
-			}
-		case "upload":
-			var s *RequestSpec
-			if s, err = unmarshalRequestSpec(d); err == nil {
-				b.Uploads = append(b.Uploads, *s)
-			}
-		case "outside_window":
-			b.OutsideWindow, err = oneArg(d)
-		case "max_body":
-			b.MaxBody, err = sizeArg(d)
-		default:
-			return d.Errf("plaintext_bridge: unknown subdirective %q", d.Val())
-		}
-		if err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
 // Interface guards.
 var (
 	_ caddy.Provisioner           = (*PlaintextBridge)(nil)
 	_ caddy.Validator             = (*PlaintextBridge)(nil)
 	_ caddyhttp.MiddlewareHandler = (*PlaintextBridge)(nil)
-	_ caddyfile.Unmarshaler       = (*PlaintextBridge)(nil)
 )

@@ -1,15 +1,16 @@
-package caddymodule
+package policyguard
 
 import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strconv"
 	"time"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
-	"github.com/legacygate/legacygate/policyguard"
+	"github.com/legacygate/legacygate/caddymodule/internal/caddyarg"
+	"github.com/legacygate/legacygate/caddymodule/rotation"
+	guardlib "github.com/legacygate/legacygate/policyguard"
 	"github.com/legacygate/legacygate/rewrite"
 )
 
@@ -74,8 +75,8 @@ func containsString(list []string, s string) bool {
 // signs with it and embeds its certificate; without, the legacygate app
 // picks the key per client and the certificate by the window.
 type guardSigning struct {
-	app *App                // nil: no legacygate app
-	own *policyguard.Signer // nil: keys come from the app
+	app *rotation.App    // nil: no legacygate app
+	own *guardlib.Signer // nil: keys come from the app
 
 	rewriteRoots []string
 	// transforms by embedded certificate: own (or the app's current), and
@@ -85,10 +86,10 @@ type guardSigning struct {
 
 // newGuardSigning loads policy_guard's own key, if it has one, and prepares
 // the rewrite for each certificate it may embed.
-func newGuardSigning(keyFile, certFile string, rw *GuardRewrite, app *App) (*guardSigning, error) {
+func newGuardSigning(keyFile, certFile string, rw *GuardRewrite, app *rotation.App) (*guardSigning, error) {
 	s := &guardSigning{app: app}
 	if keyFile != "" {
-		own, err := policyguard.LoadSigner(keyFile, certFile)
+		own, err := guardlib.LoadSigner(keyFile, certFile)
 		if err != nil {
 			return nil, fmt.Errorf("policy_guard: signing_key: %w", err)
 		}
@@ -105,18 +106,19 @@ func newGuardSigning(keyFile, certFile string, rw *GuardRewrite, app *App) (*gua
 		s.current, err = newRewriteFor(rw.Rules, s.own)
 		return s, err
 	}
-	if s.current, err = newRewriteFor(rw.Rules, app.current); err != nil {
+	current, next := app.Signers()
+	if s.current, err = newRewriteFor(rw.Rules, current); err != nil {
 		return nil, err
 	}
-	if app.next != nil {
-		if s.next, err = newRewriteFor(rw.Rules, app.next); err != nil {
+	if next != nil {
+		if s.next, err = newRewriteFor(rw.Rules, next); err != nil {
 			return nil, err
 		}
 	}
 	return s, nil
 }
 
-func newRewriteFor(rules rewrite.Rules, s *policyguard.Signer) (*rewrite.Transform, error) {
+func newRewriteFor(rules rewrite.Rules, s *guardlib.Signer) (*rewrite.Transform, error) {
 	rules.Certificate = s.Cert().Raw
 	t, err := rewrite.NewTransform(rules)
 	if err != nil {
@@ -127,11 +129,11 @@ func newRewriteFor(rules rewrite.Rules, s *policyguard.Signer) (*rewrite.Transfo
 
 // guardChoice is what signs one payload, or that it is held.
 type guardChoice struct {
-	signer *policyguard.Signer
+	signer *guardlib.Signer
 	// hold: the client fetched the next certificate and has not confirmed
 	// it, so no key is safe; the payload is answered 503 with Retry-After.
 	hold      bool
-	transform policyguard.Transform // nil: no rewrite
+	transform guardlib.Transform // nil: no rewrite
 	// anchorNext: the rewrite embeds the next certificate; serving it
 	// records the client's anchor fetch.
 	anchorNext bool
@@ -142,7 +144,7 @@ func (s *guardSigning) choose(r *http.Request, doc []byte) guardChoice {
 	var c guardChoice
 	if s.own != nil {
 		c.signer = s.own
-	} else if c.signer, c.hold = s.app.signerFor(r); c.hold {
+	} else if c.signer, c.hold = s.app.SignerFor(r); c.hold {
 		return c
 	}
 	if s.current == nil || !s.isSettings(doc) {
@@ -157,7 +159,7 @@ func (s *guardSigning) choose(r *http.Request, doc []byte) guardChoice {
 // whether it embeds the app's next certificate. Only with a rewrite.
 func (s *guardSigning) settingsTransform() (t *rewrite.Transform, next bool) {
 	if s.own == nil && s.next != nil {
-		if _, next := s.app.anchor(s.app.now()); next {
+		if _, next := s.app.Anchor(s.app.Now()); next {
 			return s.next, true
 		}
 	}
@@ -172,22 +174,22 @@ func (s *guardSigning) isSettings(doc []byte) bool {
 // retryAfter is how long a held client is asked to wait.
 func (s *guardSigning) retryAfter() time.Duration {
 	if s.app == nil {
-		return defaultHoldRetryAfter
+		return rotation.DefaultHoldRetryAfter
 	}
-	return s.app.holdRetryAfter()
+	return s.app.HoldRetryAfter()
 }
 
 // served is called once the payload chosen by c was signed for r.
 func (s *guardSigning) served(r *http.Request, c guardChoice) {
 	if c.anchorNext {
-		s.app.anchorServed(r)
+		s.app.AnchorServed(r)
 	}
 }
 
 // observe reports r to the app if it is a heartbeat.
 func (s *guardSigning) observe(r *http.Request) {
 	if s.app != nil {
-		s.app.observeHeartbeat(r, false)
+		s.app.ObserveHeartbeat(r, false)
 	}
 }
 
@@ -219,25 +221,25 @@ func unmarshalGuardRewrite(d *caddyfile.Dispenser) (*GuardRewrite, error) {
 		var err error
 		switch field {
 		case "roots":
-			rw.Roots, err = appendArgs(d, rw.Roots)
+			rw.Roots, err = caddyarg.Append(d, rw.Roots)
 		case "addresses":
-			rw.Addresses, err = appendArgs(d, rw.Addresses)
+			rw.Addresses, err = caddyarg.Append(d, rw.Addresses)
 		case "https_port":
-			rw.HTTPSPort, err = portArg(d)
+			rw.HTTPSPort, err = caddyarg.Port(d)
 		case "http_port":
-			rw.HTTPPort, err = portArg(d)
+			rw.HTTPPort, err = caddyarg.Port(d)
 		case "drop_http_only":
-			rw.DropHTTPOnly, err = true, noArgs(d)
+			rw.DropHTTPOnly, err = true, caddyarg.None(d)
 		case "server_element":
-			rw.ServerElement, err = oneArg(d)
+			rw.ServerElement, err = caddyarg.One(d)
 		case "address_attr":
-			rw.AddressAttr, err = oneArg(d)
+			rw.AddressAttr, err = caddyarg.One(d)
 		case "https_port_attr":
-			rw.HTTPSPortAttr, err = oneArg(d)
+			rw.HTTPSPortAttr, err = caddyarg.One(d)
 		case "http_port_attr":
-			rw.HTTPPortAttr, err = oneArg(d)
+			rw.HTTPPortAttr, err = caddyarg.One(d)
 		case "certificate_element":
-			rw.CertificateElement, err = oneArg(d)
+			rw.CertificateElement, err = caddyarg.One(d)
 		case "index_serial":
 			rw.IndexSerial, err = unmarshalIndexSerial(d)
 		case "protocol_attr":
@@ -254,17 +256,4 @@ func unmarshalGuardRewrite(d *caddyfile.Dispenser) (*GuardRewrite, error) {
 		}
 	}
 	return rw, nil
-}
-
-func portArg(d *caddyfile.Dispenser) (int, error) {
-	field := d.Val()
-	v, err := oneArg(d)
-	if err != nil {
-		return 0, err
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil || n < 1 || n > 65535 {
-		return 0, d.Errf("policy_guard: rewrite: %s: %q is not a port number", field, v)
-	}
-	return n, nil
 }

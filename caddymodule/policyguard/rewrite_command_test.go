@@ -1,4 +1,4 @@
-package caddymodule
+package policyguard
 
 import (
 	"bytes"
@@ -15,7 +15,7 @@ import (
 
 	"github.com/legacygate/legacygate/integration/certs"
 	"github.com/legacygate/legacygate/integration/harness"
-	"github.com/legacygate/legacygate/policyguard"
+	guardlib "github.com/legacygate/legacygate/policyguard"
 	"github.com/legacygate/legacygate/rewrite"
 )
 
@@ -210,13 +210,13 @@ func TestRewriteCommandExitStatusFromTheBinary(t *testing.T) {
 // without the manager's signature, and the output carries only the
 // gateway's.
 func TestRewriteTransformComposesWithPolicyGuardResigner(t *testing.T) {
-	signer := func(cn string) (*policyguard.Signer, *x509.Certificate) {
+	signer := func(cn string) (*guardlib.Signer, *x509.Certificate) {
 		t.Helper()
-		key, cert, err := policyguard.GenerateSigningKey(2048, cn)
+		key, cert, err := guardlib.GenerateSigningKey(2048, cn)
 		if err != nil {
 			t.Fatal(err)
 		}
-		s, err := policyguard.NewSigner(key, cert)
+		s, err := guardlib.NewSigner(key, cert)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -234,9 +234,9 @@ func TestRewriteTransformComposesWithPolicyGuardResigner(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	verifier := func(pinned *x509.Certificate) *policyguard.Verifier {
+	verifier := func(pinned *x509.Certificate) *guardlib.Verifier {
 		t.Helper()
-		v, err := policyguard.NewVerifier([]*x509.Certificate{pinned}, policyguard.VerifyOptions{})
+		v, err := guardlib.NewVerifier([]*x509.Certificate{pinned}, guardlib.VerifyOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -246,7 +246,7 @@ func TestRewriteTransformComposesWithPolicyGuardResigner(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := policyguard.NewResigner(verifier(managerCert), 1<<20).Resign(signed, gateway, tr)
+	out, err := guardlib.NewResigner(verifier(managerCert), 1<<20).Resign(signed, gateway, tr)
 	if err != nil {
 		t.Fatalf("Resign with the rewrite transform: %v", err)
 	}

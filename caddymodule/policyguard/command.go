@@ -1,4 +1,4 @@
-package caddymodule
+package policyguard
 
 import (
 	"errors"
@@ -10,7 +10,7 @@ import (
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/spf13/cobra"
 
-	"github.com/legacygate/legacygate/policyguard"
+	guardlib "github.com/legacygate/legacygate/policyguard"
 )
 
 func init() {
@@ -41,7 +41,7 @@ reason on standard error.`,
 }
 
 // policyInputLimit bounds what the commands read, like policy_guard's max_size.
-const policyInputLimit = policyguard.DefaultMaxBytes
+const policyInputLimit = guardlib.DefaultMaxBytes
 
 // policyRunE prints a failure as "legacygate policy NAME: reason" on
 // standard error; Caddy's main then exits 1.
@@ -78,11 +78,11 @@ func policyKeygen(w io.Writer, dir string, bits int, cn string) error {
 	if dir == "" {
 		return errors.New("--out DIR is required")
 	}
-	key, cert, err := policyguard.GenerateSigningKey(bits, cn)
+	key, cert, err := guardlib.GenerateSigningKey(bits, cn)
 	if err != nil {
 		return err
 	}
-	keyPEM, certPEM, err := policyguard.EncodeKeyPair(key, cert)
+	keyPEM, certPEM, err := guardlib.EncodeKeyPair(key, cert)
 	if err != nil {
 		return err
 	}
@@ -96,7 +96,7 @@ func policyKeygen(w io.Writer, dir string, bits int, cn string) error {
 	if err := writeNewFile(certFile, certPEM, 0o644); err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "key  %s\ncert %s\nsha256 %s\n", keyFile, certFile, policyguard.Fingerprint(cert))
+	fmt.Fprintf(w, "key  %s\ncert %s\nsha256 %s\n", keyFile, certFile, guardlib.Fingerprint(cert))
 	return nil
 }
 
@@ -129,7 +129,7 @@ func policySignCommand() *cobra.Command {
 		if err != nil {
 			return err
 		}
-		root, err := policyguard.ParseDocument(doc, policyguard.VerifyOptions{})
+		root, err := guardlib.ParseDocument(doc, guardlib.VerifyOptions{})
 		if err != nil {
 			return fmt.Errorf("%s: %w", args[0], err)
 		}
@@ -158,15 +158,15 @@ func addVerifyFlags(cmd *cobra.Command, certFlag string) verifyFlags {
 	}
 }
 
-func (f verifyFlags) verifier(certFlag string) (*policyguard.Verifier, error) {
+func (f verifyFlags) verifier(certFlag string) (*guardlib.Verifier, error) {
 	if len(*f.certs) == 0 {
 		return nil, fmt.Errorf("--%s FILE is required", certFlag)
 	}
-	pinned, err := policyguard.LoadCertificates(*f.certs...)
+	pinned, err := guardlib.LoadCertificates(*f.certs...)
 	if err != nil {
 		return nil, fmt.Errorf("--%s: %w", certFlag, err)
 	}
-	v, err := policyguard.NewVerifier(pinned, policyguard.VerifyOptions{AllowSHA1: *f.allowSHA1, IgnoreExpiry: *f.ignoreExpiry})
+	v, err := guardlib.NewVerifier(pinned, guardlib.VerifyOptions{AllowSHA1: *f.allowSHA1, IgnoreExpiry: *f.ignoreExpiry})
 	if err != nil {
 		return nil, fmt.Errorf("--%s: %w", certFlag, err)
 	}
@@ -194,7 +194,7 @@ func policyVerifyCommand() *cobra.Command {
 			return fmt.Errorf("%s: %w", args[0], err)
 		}
 		fmt.Fprintf(cmd.OutOrStdout(), "OK <%s> signed by %q (sha256 %s) with %s\n",
-			got.Root.Tag, got.Cert.Subject.String(), policyguard.Fingerprint(got.Cert), got.SignatureMethod)
+			got.Root.Tag, got.Cert.Subject.String(), guardlib.Fingerprint(got.Cert), got.SignatureMethod)
 		return nil
 	})
 	return cmd
@@ -222,7 +222,7 @@ func policyResignCommand() *cobra.Command {
 		if err != nil {
 			return err
 		}
-		out, err := policyguard.NewResigner(v, 0).Resign(doc, signer, nil)
+		out, err := guardlib.NewResigner(v, 0).Resign(doc, signer, nil)
 		if err != nil {
 			return fmt.Errorf("%s: %w", args[0], err)
 		}
@@ -232,11 +232,11 @@ func policyResignCommand() *cobra.Command {
 	return cmd
 }
 
-func loadPolicySigner(keyFile, certFile string) (*policyguard.Signer, error) {
+func loadPolicySigner(keyFile, certFile string) (*guardlib.Signer, error) {
 	if keyFile == "" || certFile == "" {
 		return nil, errors.New("--key FILE and --cert FILE are required")
 	}
-	return policyguard.LoadSigner(keyFile, certFile)
+	return guardlib.LoadSigner(keyFile, certFile)
 }
 
 // readPolicyInput reads FILE, or standard input for "-", up to the limit.

@@ -1,8 +1,7 @@
-package caddymodule
+package policyguard
 
 import (
 	"bytes"
-	"container/list"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
@@ -10,28 +9,32 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
-	"io"
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"github.com/dustin/go-humanize"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/legacygate/legacygate/caddymodule/internal/metrics"
+	"github.com/legacygate/legacygate/caddymodule/internal/response"
+	"github.com/legacygate/legacygate/caddymodule/rotation"
+	"github.com/legacygate/legacygate/internal/payloadcache"
 	"github.com/legacygate/legacygate/internal/xmlscan"
-	"github.com/legacygate/legacygate/policyguard"
+	guardlib "github.com/legacygate/legacygate/policyguard"
 )
 
 func init() {
 	caddy.RegisterModule(PolicyGuard{})
 	httpcaddyfile.RegisterHandlerDirective("policy_guard", parsePolicyGuard)
+	// After encode, so it sees the manager's identity bytes, and before
+	// handle, so a top-level policy_guard wraps handle blocks too (see
+	// caddymodule/doc.go).
+	httpcaddyfile.RegisterDirectiveOrder("policy_guard", httpcaddyfile.Before, "invoke")
 }
 
 // Defaults for the size settings.
@@ -127,16 +130,6 @@ type signedPayload struct {
 	etag string
 }
 
-// refusal is a failure with the stable reason token that goes into the log
-// line and the metric label.
-type refusal struct {
-	reason string
-	err    error
-}
-
-func (e *refusal) Error() string { return e.reason + ": " + e.err.Error() }
-func (e *refusal) Unwrap() error { return e.err }
-
 // Results and reasons, the values of the metric labels.
 const (
 	resultSigned  = "signed"
@@ -175,30 +168,31 @@ var policyGuardMetrics = struct {
 	}, []string{"result"}),
 }
 
-// Provision loads the certificates and the signing key and registers the metrics.
+// Provision loads the certificates and the signing key and registers the
+// metrics. Caddy calls Validate after it.
 func (g *PolicyGuard) Provision(ctx caddy.Context) error {
 	g.logger = ctx.Logger()
-	if err := g.Validate(); err != nil {
-		return err
-	}
 	if g.MaxSize == 0 {
 		g.MaxSize = defaultPolicyMaxSize
+	}
+	if g.MaxSize < 0 { // checked here: the verifier is built with it
+		return fmt.Errorf("policy_guard: max_size: %d is negative", g.MaxSize)
 	}
 	if g.CacheSize == 0 {
 		g.CacheSize = defaultPolicyCacheSize
 	}
 	var err error
-	if g.results, err = registerCollector(ctx.GetMetricsRegistry(), policyGuardMetrics.results); err != nil {
+	if g.results, err = metrics.Register(ctx.GetMetricsRegistry(), policyGuardMetrics.results); err != nil {
 		return err
 	}
-	cache, err := registerCollector(ctx.GetMetricsRegistry(), policyGuardMetrics.cache)
+	cache, err := metrics.Register(ctx.GetMetricsRegistry(), policyGuardMetrics.cache)
 	if err != nil {
 		return err
 	}
 	app, err := ctx.AppIfConfigured("legacygate")
 	switch {
 	case err == nil:
-		return g.provisionPipeline(cache, app.(*App))
+		return g.provisionPipeline(cache, app.(*rotation.App))
 	case errors.Is(err, caddy.ErrNotConfigured):
 		return g.provisionPipeline(cache, nil)
 	}
@@ -207,12 +201,12 @@ func (g *PolicyGuard) Provision(ctx caddy.Context) error {
 
 // provisionPipeline loads the pinned certificates and the signing key (or
 // takes the keys from app). Its errors name the Caddyfile field.
-func (g *PolicyGuard) provisionPipeline(cache *prometheus.CounterVec, app *App) error {
-	pinned, err := policyguard.LoadCertificates(g.UpstreamCerts...)
+func (g *PolicyGuard) provisionPipeline(cache *prometheus.CounterVec, app *rotation.App) error {
+	pinned, err := guardlib.LoadCertificates(g.UpstreamCerts...)
 	if err != nil {
 		return fmt.Errorf("policy_guard: upstream_cert: %w", err)
 	}
-	verifier, err := policyguard.NewVerifier(pinned, policyguard.VerifyOptions{
+	verifier, err := guardlib.NewVerifier(pinned, guardlib.VerifyOptions{
 		AllowSHA1:    g.AllowSHA1,
 		IgnoreExpiry: g.IgnoreExpiry,
 		MaxBytes:     g.MaxSize,
@@ -228,12 +222,12 @@ func (g *PolicyGuard) provisionPipeline(cache *prometheus.CounterVec, app *App) 
 	g.index = newIndexSerial(g.Rewrite, signing)
 	g.pinned = make([]string, len(pinned))
 	for i, c := range pinned {
-		g.pinned[i] = policyguard.Fingerprint(c)
+		g.pinned[i] = guardlib.Fingerprint(c)
 	}
 	g.pipeline = &policyPipeline{
 		// The Resigner's own cache is off: it still coalesces identical
 		// misses, and payloadCache serves hits without hashing the body.
-		resigner: policyguard.NewResigner(verifier, 0),
+		resigner: guardlib.NewResigner(verifier, 0),
 		signing:  signing,
 		cache:    newPayloadCache(g.CacheSize),
 		hits:     cache.WithLabelValues("hit"),
@@ -245,7 +239,7 @@ func (g *PolicyGuard) provisionPipeline(cache *prometheus.CounterVec, app *App) 
 // policyPipeline is the resigner backed by the policyguard package; signing
 // chooses, per request, the key and the settings rewrite.
 type policyPipeline struct {
-	resigner     *policyguard.Resigner
+	resigner     *guardlib.Resigner
 	signing      *guardSigning
 	cache        *payloadCache
 	hits, misses prometheus.Counter
@@ -266,7 +260,7 @@ func (p *policyPipeline) resign(r *http.Request, doc []byte) (signedPayload, err
 		return signedPayload{}, &heldError{retryAfter: p.signing.retryAfter()}
 	}
 	if choice.signer == nil {
-		return signedPayload{}, &refusal{reasonNoSigner, errors.New("no signing key for this client")}
+		return signedPayload{}, &response.Refusal{Reason: reasonNoSigner, Err: errors.New("no signing key for this client")}
 	}
 	key := p.cache.key(doc, choice)
 	payload, ok := p.cache.get(key, doc)
@@ -275,10 +269,10 @@ func (p *policyPipeline) resign(r *http.Request, doc []byte) (signedPayload, err
 	} else {
 		out, err := p.resigner.Resign(doc, choice.signer, choice.transform)
 		if err != nil {
-			if reason := policyguard.Reason(err); reason != "" {
-				return signedPayload{}, &refusal{reason, err}
+			if reason := guardlib.Reason(err); reason != "" {
+				return signedPayload{}, &response.Refusal{Reason: reason, Err: err}
 			}
-			return signedPayload{}, &refusal{reasonSignFailed, err}
+			return signedPayload{}, &response.Refusal{Reason: reasonSignFailed, Err: err}
 		}
 		p.misses.Inc()
 		sum := sha256.Sum256(out)
@@ -295,13 +289,8 @@ func (p *policyPipeline) resign(r *http.Request, doc []byte) (signedPayload, err
 // exact and several times cheaper than a SHA-256 of 100 KB on every request;
 // a hit also brings its ETag, computed once when the payload was signed.
 type payloadCache struct {
-	seed     maphash.Seed
-	maxBytes int64
-
-	mu      sync.Mutex
-	lru     *list.List // of *cachedPayload, most recently used first
-	entries map[payloadKey]*list.Element
-	bytes   int64
+	seed maphash.Seed
+	lru  *payloadcache.LRU[payloadKey, *cachedPayload]
 }
 
 // payloadKey names a payload: the manager's bytes (maphash), the key that
@@ -313,13 +302,14 @@ type payloadKey struct {
 }
 
 type cachedPayload struct {
-	key     payloadKey
 	doc     []byte
 	payload signedPayload
 }
 
 func newPayloadCache(maxBytes int64) *payloadCache {
-	return &payloadCache{seed: maphash.MakeSeed(), maxBytes: maxBytes, lru: list.New(), entries: map[payloadKey]*list.Element{}}
+	return &payloadCache{seed: maphash.MakeSeed(), lru: payloadcache.New(maxBytes, func(_ payloadKey, e *cachedPayload) int64 {
+		return entrySize(e.doc, e.payload)
+	})}
 }
 
 func (c *payloadCache) key(doc []byte, choice guardChoice) payloadKey {
@@ -333,17 +323,8 @@ func (c *payloadCache) key(doc []byte, choice guardChoice) payloadKey {
 // get returns the payload signed from exactly doc. Entries never change
 // once stored, so the comparison runs outside the lock.
 func (c *payloadCache) get(key payloadKey, doc []byte) (signedPayload, bool) {
-	c.mu.Lock()
-	e, ok := c.entries[key]
-	if ok {
-		c.lru.MoveToFront(e)
-	}
-	c.mu.Unlock()
-	if !ok {
-		return signedPayload{}, false
-	}
-	entry := e.Value.(*cachedPayload)
-	if !bytes.Equal(entry.doc, doc) {
+	entry, ok := c.lru.Get(key)
+	if !ok || !bytes.Equal(entry.doc, doc) {
 		return signedPayload{}, false
 	}
 	return entry.payload, true
@@ -352,27 +333,7 @@ func (c *payloadCache) get(key payloadKey, doc []byte) (signedPayload, bool) {
 // put stores a copy of doc (the caller's buffer goes back to a pool) with
 // its payload, and evicts the least recently used entries over the bound.
 func (c *payloadCache) put(key payloadKey, doc []byte, payload signedPayload) {
-	size := entrySize(doc, payload)
-	if size > c.maxBytes {
-		return
-	}
-	entry := &cachedPayload{key: key, doc: bytes.Clone(doc), payload: payload}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if old, ok := c.entries[key]; ok {
-		c.remove(old)
-	}
-	c.entries[key] = c.lru.PushFront(entry)
-	c.bytes += size
-	for c.bytes > c.maxBytes {
-		c.remove(c.lru.Back())
-	}
-}
-
-func (c *payloadCache) remove(e *list.Element) {
-	entry := c.lru.Remove(e).(*cachedPayload)
-	delete(c.entries, entry.key)
-	c.bytes -= entrySize(entry.doc, entry.payload)
+	c.lru.Put(key, &cachedPayload{doc: bytes.Clone(doc), payload: payload})
 }
 
 func entrySize(doc []byte, payload signedPayload) int64 {
@@ -412,30 +373,30 @@ func (g *PolicyGuard) ServeHTTP(w http.ResponseWriter, r *http.Request, next cad
 	}
 	ifNoneMatch := r.Header.Get("If-None-Match")
 	up := upstreamRequest(r)
-	rec := newGuardRecorder(w, g.MaxSize)
-	defer rec.release()
+	rec := response.NewRecorder(w, g.MaxSize, streamStatus)
+	defer rec.Release()
 
-	aborted, err := serveNext(rec, up, next)
+	aborted, err := response.ServeNext(rec, up, next)
 	switch {
-	case !rec.wroteHeader || rec.stream:
+	case !rec.WroteHeader() || rec.Streamed():
 		if aborted {
 			panic(http.ErrAbortHandler)
 		}
-		if err == nil && rec.stream {
+		if err == nil && rec.Streamed() {
 			g.count(resultPassed, reasonStatus)
 		}
 		return err
-	case rec.tooLarge:
-		return g.refuse(w, r, rec, &refusal{reasonTooLarge, fmt.Errorf("body over max_size (%d bytes)", g.MaxSize)})
+	case rec.TooLarge():
+		return g.refuse(w, r, rec, &response.Refusal{Reason: reasonTooLarge, Err: fmt.Errorf("body over max_size (%d bytes)", g.MaxSize)})
 	case aborted || err != nil:
-		return g.refuse(w, r, rec, &refusal{reasonIncomplete, incompleteError(err)})
+		return g.refuse(w, r, rec, &response.Refusal{Reason: reasonIncomplete, Err: response.Incomplete(err)})
 	}
 	return g.finish(w, r, rec, ifNoneMatch)
 }
 
 // finish decides what a complete, buffered 2xx response becomes.
-func (g *PolicyGuard) finish(w http.ResponseWriter, r *http.Request, rec *guardRecorder, ifNoneMatch string) error {
-	body := rec.buf.Bytes()
+func (g *PolicyGuard) finish(w http.ResponseWriter, r *http.Request, rec *response.Recorder, ifNoneMatch string) error {
+	body := rec.Body()
 	if err := checkBuffered(rec, body); err != nil {
 		return g.refuse(w, r, rec, err)
 	}
@@ -454,8 +415,8 @@ func (g *PolicyGuard) finish(w http.ResponseWriter, r *http.Request, rec *guardR
 			reason = reasonNotXML
 		}
 		g.count(resultPassed, reason)
-		copyResponseHeader(w.Header(), rec.header)
-		return writeResponse(w, r, rec.status, body, ifNoneMatch)
+		response.CopyHeader(w.Header(), rec.Held())
+		return writeResponse(w, r, rec.Status(), body, ifNoneMatch)
 	}
 	out, err := g.pipeline.resign(r, body)
 	if held, ok := errors.AsType[*heldError](err); ok {
@@ -466,13 +427,13 @@ func (g *PolicyGuard) finish(w http.ResponseWriter, r *http.Request, rec *guardR
 	}
 	g.count(resultSigned, reasonVerified)
 	h := w.Header()
-	copyResponseHeader(h, rec.header)
+	response.CopyHeader(h, rec.Held())
 	for _, k := range staleAfterResign {
 		delete(h, k)
 	}
 	h["Content-Length"] = []string{strconv.Itoa(len(out.body))}
 	h["Etag"] = []string{out.etag}
-	return writeResponse(w, r, rec.status, out.body, ifNoneMatch)
+	return writeResponse(w, r, rec.Status(), out.body, ifNoneMatch)
 }
 
 // staleAfterResign are the manager's headers that describe bytes the client
@@ -485,25 +446,18 @@ var staleAfterResign = []string{
 }
 
 // checkBuffered refuses the transport-level problems of a buffered 2xx response.
-func checkBuffered(rec *guardRecorder, body []byte) error {
-	if rec.status == http.StatusPartialContent {
-		return &refusal{reasonPartialContent, errors.New("manager answered 206 Partial Content although no range was asked")}
+func checkBuffered(rec *response.Recorder, body []byte) error {
+	if rec.Status() == http.StatusPartialContent {
+		return &response.Refusal{Reason: reasonPartialContent, Err: errors.New("manager answered 206 Partial Content although no range was asked")}
 	}
-	if ce := rec.header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
-		return &refusal{reasonContentEncoding, fmt.Errorf("manager sent Content-Encoding %q although identity was asked", ce)}
+	if ce := rec.Held().Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
+		return &response.Refusal{Reason: reasonContentEncoding, Err: fmt.Errorf("manager sent Content-Encoding %q although identity was asked", ce)}
 	}
 	var digits [20]byte
-	if cl := rec.header.Get("Content-Length"); cl != "" && cl != string(strconv.AppendInt(digits[:0], int64(len(body)), 10)) {
-		return &refusal{reasonIncomplete, fmt.Errorf("manager promised Content-Length %s and sent %d bytes", cl, len(body))}
+	if cl := rec.Held().Get("Content-Length"); cl != "" && cl != string(strconv.AppendInt(digits[:0], int64(len(body)), 10)) {
+		return &response.Refusal{Reason: reasonIncomplete, Err: fmt.Errorf("manager promised Content-Length %s and sent %d bytes", cl, len(body))}
 	}
 	return nil
-}
-
-func incompleteError(err error) error {
-	if err == nil {
-		return errors.New("the upstream response body ended early")
-	}
-	return fmt.Errorf("the upstream response body ended early: %w", err)
 }
 
 func (g *PolicyGuard) listed(root []byte) bool {
@@ -521,31 +475,25 @@ func (g *PolicyGuard) count(result, reason string) {
 
 // refuse answers 502 with a short body, logs why, and counts it. The client
 // gets none of the manager's headers or bytes.
-func (g *PolicyGuard) refuse(w http.ResponseWriter, r *http.Request, rec *guardRecorder, err error) error {
+func (g *PolicyGuard) refuse(w http.ResponseWriter, r *http.Request, rec *response.Recorder, err error) error {
 	reason := reasonSignFailed
-	var ref *refusal
+	var ref *response.Refusal
 	if errors.As(err, &ref) {
-		reason, err = ref.reason, ref.err
+		reason, err = ref.Reason, ref.Err
 	}
 	g.count(resultRefused, reason)
 	fields := []zap.Field{
 		zap.String("reason", reason),
 		zap.String("path", r.URL.Path),
-		zap.Int("upstream_status", rec.status),
-		zap.Int("upstream_bytes", rec.buf.Len()),
+		zap.Int("upstream_status", rec.Status()),
+		zap.Int("upstream_bytes", rec.Len()),
 		zap.Strings("pinned", g.pinned),
-		zap.Strings("seen", documentCertificates(rec.buf.Bytes())),
+		zap.Strings("seen", documentCertificates(rec.Body())),
 		zap.Error(err),
 	}
 	g.logger.Warn("policy payload refused", fields...)
 
-	h := w.Header()
-	h.Set("Content-Type", "text/plain; charset=utf-8")
-	h.Set("Content-Length", strconv.Itoa(len(refusalBody)))
-	h.Set("Cache-Control", "no-store")
-	w.WriteHeader(http.StatusBadGateway)
-	_, werr := io.WriteString(w, refusalBody)
-	return werr
+	return response.Refuse(w, http.StatusBadGateway, 0, refusalBody)
 }
 
 // refusalBody is all a client learns of a refusal; the reason is in the log.
@@ -561,14 +509,7 @@ func (g *PolicyGuard) hold(w http.ResponseWriter, r *http.Request, retry time.Du
 	g.logger.Debug("policy payload held until the client confirms the next certificate",
 		zap.String("path", r.URL.Path), zap.Duration("retry_after", retry))
 
-	h := w.Header()
-	h.Set("Content-Type", "text/plain; charset=utf-8")
-	h.Set("Content-Length", strconv.Itoa(len(holdBody)))
-	h.Set("Cache-Control", "no-store")
-	h.Set("Retry-After", strconv.Itoa(int(retry/time.Second)))
-	w.WriteHeader(http.StatusServiceUnavailable)
-	_, err := io.WriteString(w, holdBody)
-	return err
+	return response.Refuse(w, http.StatusServiceUnavailable, retry, holdBody)
 }
 
 // holdBody is all a held client learns.
@@ -591,21 +532,6 @@ func upstreamRequest(r *http.Request) *http.Request {
 	up := r.WithContext(r.Context())
 	up.Method = http.MethodGet
 	return up
-}
-
-// serveNext runs the rest of the chain. reverse_proxy reports a body that
-// failed mid-copy by panicking with http.ErrAbortHandler; that is recovered
-// here and reported as aborted.
-func serveNext(rec *guardRecorder, r *http.Request, next caddyhttp.Handler) (aborted bool, err error) {
-	defer func() {
-		if v := recover(); v != nil {
-			if v != http.ErrAbortHandler { //nolint:errorlint // the sentinel is panicked, not wrapped
-				panic(v)
-			}
-			aborted = true
-		}
-	}()
-	return false, next.ServeHTTP(rec, r)
 }
 
 // writeResponse writes status and body, or 304 when the client's
@@ -640,89 +566,9 @@ func etagMatches(ifNoneMatch, etag string) bool {
 	return false
 }
 
-// copyResponseHeader copies the manager's headers, leaving out trailers:
-// a buffered body is sent with a Content-Length and no trailer section.
-func copyResponseHeader(dst, src http.Header) {
-	for k, v := range src {
-		if k == "Trailer" || strings.HasPrefix(k, http.TrailerPrefix) {
-			continue
-		}
-		dst[k] = v
-	}
-	for _, names := range src["Trailer"] {
-		for name := range strings.SplitSeq(names, ",") {
-			delete(dst, http.CanonicalHeaderKey(strings.TrimSpace(name)))
-		}
-	}
-}
-
-// guardRecorder holds the manager's response until it has been judged. 2xx
-// responses are buffered with their headers; anything else is streamed
-// straight to the client (stream), headers copied when the status is written.
-type guardRecorder struct {
-	w           http.ResponseWriter
-	header      http.Header
-	buf         *bytes.Buffer
-	limit       int64
-	status      int
-	wroteHeader bool
-	stream      bool
-	tooLarge    bool
-}
-
-var errTooLarge = errors.New("policy_guard: response body over max_size")
-
-// Buffers over this capacity are dropped instead of pooled, so one large
-// payload does not pin its memory for the life of the process.
-const maxPooledBuffer = 1 << 20
-
-var recorderPool = sync.Pool{New: func() any {
-	return &guardRecorder{header: make(http.Header), buf: new(bytes.Buffer)}
-}}
-
-func newGuardRecorder(w http.ResponseWriter, limit int64) *guardRecorder {
-	rec := recorderPool.Get().(*guardRecorder)
-	rec.w, rec.limit = w, limit
-	return rec
-}
-
-func (rec *guardRecorder) release() {
-	clear(rec.header)
-	if rec.buf.Cap() > maxPooledBuffer {
-		rec.buf = new(bytes.Buffer)
-	}
-	rec.buf.Reset()
-	*rec = guardRecorder{header: rec.header, buf: rec.buf}
-	recorderPool.Put(rec)
-}
-
-// Header is the recorder's own map until a streamed status is written; the
-// client's map after that, so trailers of a streamed response still work.
-func (rec *guardRecorder) Header() http.Header {
-	if rec.stream {
-		return rec.w.Header()
-	}
-	return rec.header
-}
-
-// WriteHeader decides, by status, between buffering and streaming.
-// Informational responses other than 101 are not forwarded.
-func (rec *guardRecorder) WriteHeader(status int) {
-	if rec.wroteHeader {
-		return
-	}
-	if status >= 100 && status < 200 && status != http.StatusSwitchingProtocols {
-		return
-	}
-	rec.status, rec.wroteHeader = status, true
-	if bufferStatus(status) {
-		rec.reserve()
-		return
-	}
-	rec.stream = true
-	copyHeaderMap(rec.w.Header(), rec.header)
-	rec.w.WriteHeader(status)
-}
+// streamStatus is the recorder's stream policy: everything but what
+// bufferStatus holds goes straight to the client.
+func streamStatus(status int) bool { return !bufferStatus(status) }
 
 // bufferStatus is true for the responses that may carry a policy payload.
 func bufferStatus(status int) bool {
@@ -733,54 +579,11 @@ func bufferStatus(status int) bool {
 	return status >= 200 && status < 300
 }
 
-// reserve sizes the buffer from Content-Length, or marks the response too
-// large before a byte of it is read.
-func (rec *guardRecorder) reserve() {
-	cl, err := strconv.ParseInt(rec.header.Get("Content-Length"), 10, 64)
-	switch {
-	case err != nil || cl < 0:
-	case cl > rec.limit:
-		rec.tooLarge = true
-	default:
-		rec.buf.Grow(int(cl))
-	}
-}
-
-func (rec *guardRecorder) Write(p []byte) (int, error) {
-	rec.WriteHeader(http.StatusOK)
-	if rec.stream {
-		return rec.w.Write(p)
-	}
-	if rec.tooLarge || int64(rec.buf.Len())+int64(len(p)) > rec.limit {
-		rec.tooLarge = true
-		return 0, errTooLarge
-	}
-	return rec.buf.Write(p)
-}
-
-// FlushError flushes a streamed response; a buffered one is not flushed.
-func (rec *guardRecorder) FlushError() error {
-	if !rec.stream {
-		return nil
-	}
-	return http.NewResponseController(rec.w).Flush()
-}
-
-// Unwrap gives http.ResponseController the client's writer (deadlines,
-// hijacking a 101 response).
-func (rec *guardRecorder) Unwrap() http.ResponseWriter { return rec.w }
-
-func copyHeaderMap(dst, src http.Header) {
-	for k, v := range src {
-		dst[k] = v
-	}
-}
-
 // documentRoot is xmlscan.Root with its failure as a refusal.
 func documentRoot(body []byte) ([]byte, error) {
 	root, err := xmlscan.Root(body)
 	if se, ok := errors.AsType[*xmlscan.Error](err); ok {
-		return nil, &refusal{se.Reason, se.Err}
+		return nil, &response.Refusal{Reason: se.Reason, Err: se.Err}
 	}
 	return root, err
 }
@@ -820,104 +623,10 @@ func documentCertificates(body []byte) []string {
 }
 
 // fingerprint is the hex SHA-256 of a DER certificate, the form
-// policyguard.Fingerprint gives the pinned ones.
+// guardlib.Fingerprint gives the pinned ones.
 func fingerprint(der []byte) string {
 	sum := sha256.Sum256(der)
 	return hex.EncodeToString(sum[:])
-}
-
-func parsePolicyGuard(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
-	g := new(PolicyGuard)
-	err := g.UnmarshalCaddyfile(h.Dispenser)
-	return g, err
-}
-
-// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
-//
-//	policy_guard [<matcher>] {
-//	    upstream_cert <file> [<file>...]
-//	    signing_key   <key_file> <cert_file>
-//	    roots         <element> [<element>...]
-//	    allow_sha1
-//	    ignore_expiry
-//	    max_size      <size>
-//	    cache_size    <size>
-//	    rewrite {
-//	        ...
-//	    }
-//	}
-//
-// upstream_cert and roots may be repeated; their lists add up. Sizes take
-// units (16MiB, 64MB) or plain bytes. Without signing_key, the legacygate
-// global option supplies the keys. The rewrite block's syntax is in
-// unmarshalGuardRewrite.
-func (g *PolicyGuard) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next()
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	for d.NextBlock(0) {
-		var err error
-		switch d.Val() {
-		case "upstream_cert":
-			g.UpstreamCerts, err = appendArgs(d, g.UpstreamCerts)
-		case "roots":
-			g.Roots, err = appendArgs(d, g.Roots)
-		case "signing_key":
-			args := d.RemainingArgs()
-			if len(args) != 2 {
-				return d.Err("signing_key: want <key_file> <cert_file>")
-			}
-			g.SigningKeyFile, g.SigningCertFile = args[0], args[1]
-		case "allow_sha1":
-			g.AllowSHA1, err = true, noArgs(d)
-		case "ignore_expiry":
-			g.IgnoreExpiry, err = true, noArgs(d)
-		case "max_size":
-			g.MaxSize, err = sizeArg(d)
-		case "cache_size":
-			g.CacheSize, err = sizeArg(d)
-		case "rewrite":
-			g.Rewrite, err = unmarshalGuardRewrite(d)
-		default:
-			return d.Errf("policy_guard: unknown subdirective %q", d.Val())
-		}
-		if err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func appendArgs(d *caddyfile.Dispenser, list []string) ([]string, error) {
-	args := d.RemainingArgs()
-	if len(args) == 0 {
-		return nil, d.Errf("%s: want at least one value", d.Val())
-	}
-	return append(list, args...), nil
-}
-
-func noArgs(d *caddyfile.Dispenser) error {
-	field := d.Val()
-	if d.NextArg() {
-		return d.Errf("%s takes no value", field)
-	}
-	return nil
-}
-
-func sizeArg(d *caddyfile.Dispenser) (int64, error) {
-	field := d.Val()
-	if !d.NextArg() {
-		return 0, d.Errf("%s: want a size such as 16MiB", field)
-	}
-	n, err := humanize.ParseBytes(d.Val())
-	if err != nil || n == 0 || n > 1<<40 {
-		return 0, d.Errf("%s: %q is not a size between 1 byte and 1TiB", field, d.Val())
-	}
-	if d.NextArg() {
-		return 0, d.ArgErr()
-	}
-	return int64(n), nil
 }
 
 // Interface guards.
@@ -925,5 +634,4 @@ var (
 	_ caddy.Provisioner           = (*PolicyGuard)(nil)
 	_ caddy.Validator             = (*PolicyGuard)(nil)
 	_ caddyhttp.MiddlewareHandler = (*PolicyGuard)(nil)
-	_ caddyfile.Unmarshaler       = (*PolicyGuard)(nil)
 )

@@ -1,4 +1,4 @@
-package caddymodule
+package rotation
 
 import (
 	"context"
@@ -22,7 +22,7 @@ func BenchmarkAppKeyDecision(b *testing.B) {
 	b.Run("app.signerFor", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			a.signerFor(r)
+			a.SignerFor(r)
 		}
 	})
 	b.Run("table.Decide", func(b *testing.B) {

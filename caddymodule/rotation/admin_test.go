@@ -1,4 +1,4 @@
-package caddymodule
+package rotation
 
 import (
 	"encoding/json"
@@ -25,7 +25,7 @@ func TestAdminRotationReportsWindowCountsAndStragglers(t *testing.T) {
 	confirm(a, clock, "H-confirmed", 3)
 	for i := range 5 {
 		clock.Set(clock.Now().Add(time.Minute))
-		a.observeHeartbeat(clientRequest("GET", "/secars/secars.dll?action=index&hostid=H"+strconv.Itoa(i)), i < 2)
+		a.ObserveHeartbeat(clientRequest("GET", "/secars/secars.dll?action=index&hostid=H"+strconv.Itoa(i)), i < 2)
 	}
 	w, err := getRotation(t, "/legacygate/rotation?page=2&size=2")
 	if err != nil {

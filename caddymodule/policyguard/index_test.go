@@ -1,4 +1,4 @@
-package caddymodule
+package policyguard
 
 import (
 	"encoding/xml"
@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/legacygate/legacygate/caddymodule/rotation"
 	"github.com/legacygate/legacygate/internal/xmlscan"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
@@ -28,7 +29,7 @@ var suffixedSerial = regexp.MustCompile(`^S-7-lg[0-9a-f]{8}$`)
 
 // indexGuard is a test guard whose settings rewrite is rw (a rewrite
 // block), its keys from app, or its own when app is nil.
-func indexGuard(t *testing.T, block string, app *App) *testGuard {
+func indexGuard(t *testing.T, block string, app *rotation.App) *testGuard {
 	t.Helper()
 	rw := parseGuardRewrite(t, block)
 	if err := rw.validate([]string{"Profile", "ServerSettings"}); err != nil {
@@ -121,7 +122,7 @@ func TestIndexSerialChangesWhenTheWindowOpensAndIsStableAcrossHeartbeats(t *test
 		}
 	}
 	// Each index request was one heartbeat: the three after the anchor fetch.
-	if st, _ := a.table.Lookup("H1"); st.HeartbeatsSince != 3 {
+	if st, _ := a.Progress("H1"); st.HeartbeatsSince != 3 {
 		t.Fatalf("heartbeats since the anchor fetch %d, want 3", st.HeartbeatsSince)
 	}
 	if keyFor(a, "H1") != "next" {

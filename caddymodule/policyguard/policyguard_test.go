@@ -1,4 +1,4 @@
-package caddymodule
+package policyguard
 
 import (
 	"bytes"
@@ -33,7 +33,8 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
-	"github.com/legacygate/legacygate/policyguard"
+	"github.com/legacygate/legacygate/caddymodule/internal/response"
+	guardlib "github.com/legacygate/legacygate/policyguard"
 	"github.com/legacygate/legacygate/rewrite"
 )
 
@@ -48,10 +49,10 @@ const fakeSigned = `<Profile Serial="1"><Signature>gateway</Signature></Profile>
 func (f *fakeResigner) resign(_ *http.Request, doc []byte) (signedPayload, error) {
 	f.calls++
 	if !bytes.Contains(doc, []byte("<Signature>")) {
-		return signedPayload{}, &refusal{"no_signature", errors.New("document is not signed")}
+		return signedPayload{}, &response.Refusal{Reason: "no_signature", Err: errors.New("document is not signed")}
 	}
 	if bytes.Contains(doc, []byte("tampered")) {
-		return signedPayload{}, &refusal{"digest_mismatch", errors.New("digest does not match")}
+		return signedPayload{}, &response.Refusal{Reason: "digest_mismatch", Err: errors.New("digest does not match")}
 	}
 	return signedPayload{body: []byte(fakeSigned), etag: `"gw-1"`}, nil
 }
@@ -487,20 +488,20 @@ func writeGuardFiles(t testing.TB, docSize int) *guardFiles {
 		}
 		return path
 	}
-	mKey, mCert, err := policyguard.GenerateSigningKey(2048, "manager")
+	mKey, mCert, err := guardlib.GenerateSigningKey(2048, "manager")
 	if err != nil {
 		t.Fatal(err)
 	}
-	gKey, gCert, err := policyguard.GenerateSigningKey(2048, "gateway")
+	gKey, gCert, err := guardlib.GenerateSigningKey(2048, "gateway")
 	if err != nil {
 		t.Fatal(err)
 	}
 	f := &guardFiles{gateway: gCert}
-	_, mPEM, err := policyguard.EncodeKeyPair(mKey, mCert)
+	_, mPEM, err := guardlib.EncodeKeyPair(mKey, mCert)
 	if err != nil {
 		t.Fatal(err)
 	}
-	gKeyPEM, gCertPEM, err := policyguard.EncodeKeyPair(gKey, gCert)
+	gKeyPEM, gCertPEM, err := guardlib.EncodeKeyPair(gKey, gCert)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -513,7 +514,7 @@ func writeGuardFiles(t testing.TB, docSize int) *guardFiles {
 	for i := 0; i*64 < docSize; i++ {
 		root.CreateElement("Rule").CreateAttr("Name", "block C:\\temp\\rule-"+strconv.Itoa(i)+".exe")
 	}
-	signer, err := policyguard.NewSigner(mKey, mCert)
+	signer, err := guardlib.NewSigner(mKey, mCert)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -534,7 +535,7 @@ func provision(t testing.TB, g *PolicyGuard) error {
 	t.Helper()
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	t.Cleanup(func() { cancel() })
-	return g.Provision(ctx)
+	return provisionLikeCaddy(ctx, g)
 }
 
 func TestPolicyGuardResignsWithThePinnedAndSigningKeys(t *testing.T) {
@@ -553,7 +554,7 @@ func TestPolicyGuardResignsWithThePinnedAndSigningKeys(t *testing.T) {
 		if w.Code != 200 {
 			t.Fatalf("status %d: %q", w.Code, w.Body.String())
 		}
-		v, err := policyguard.NewVerifier([]*x509.Certificate{f.gateway}, policyguard.VerifyOptions{})
+		v, err := guardlib.NewVerifier([]*x509.Certificate{f.gateway}, guardlib.VerifyOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -670,13 +671,13 @@ func BenchmarkPolicyGuardHandler(b *testing.B) {
 	})
 }
 
-func testSigner(t testing.TB) *policyguard.Signer {
+func testSigner(t testing.TB) *guardlib.Signer {
 	t.Helper()
-	key, cert, err := policyguard.GenerateSigningKey(2048, "gateway")
+	key, cert, err := guardlib.GenerateSigningKey(2048, "gateway")
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := policyguard.NewSigner(key, cert)
+	s, err := guardlib.NewSigner(key, cert)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -685,7 +686,8 @@ func testSigner(t testing.TB) *policyguard.Signer {
 
 func TestPayloadCacheHitsOnlyTheSameBytesAndKey(t *testing.T) {
 	k1, k2 := guardChoice{signer: testSigner(t)}, guardChoice{signer: testSigner(t)}
-	c := newPayloadCache(3000)
+	bound := int64(3000)
+	c := newPayloadCache(bound)
 	doc := bytes.Repeat([]byte("a"), 500)
 	payload := signedPayload{body: bytes.Repeat([]byte("s"), 490), etag: `"e"`}
 	key := c.key(doc, k1)
@@ -709,8 +711,8 @@ func TestPayloadCacheHitsOnlyTheSameBytesAndKey(t *testing.T) {
 		d := []byte(strings.Repeat(strconv.Itoa(i), 500))
 		c.put(c.key(d, k1), d, payload)
 	}
-	if c.bytes > c.maxBytes || c.lru.Len() != 3 {
-		t.Errorf("cache holds %d bytes in %d entries, bound %d bytes", c.bytes, c.lru.Len(), c.maxBytes)
+	if c.lru.Bytes() > bound || c.lru.Len() != 3 {
+		t.Errorf("cache holds %d bytes in %d entries, bound %d bytes", c.lru.Bytes(), c.lru.Len(), bound)
 	}
 	if _, ok := c.get(c.key(original, k1), original); ok {
 		t.Error("the least recently used entry was not evicted")

@@ -1,4 +1,4 @@
-package caddymodule
+package policyguard
 
 import (
 	"crypto/x509"
@@ -18,7 +18,8 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
-	"github.com/legacygate/legacygate/policyguard"
+	"github.com/legacygate/legacygate/caddymodule/rotation"
+	guardlib "github.com/legacygate/legacygate/policyguard"
 )
 
 func parseGuardRewrite(t *testing.T, block string) *GuardRewrite {
@@ -46,11 +47,12 @@ func TestGuardSigningRewritesSettingsWithTheCertificateOfTheWindow(t *testing.T)
 		t.Fatal(err)
 	}
 	r := clientRequest("GET", "/secars/secars.dll?action=sylink&hostid=H1")
+	current, _ := a.Signers()
 
 	before := s.choose(r, []byte(settingsDoc))
-	if before.signer != a.current || before.transform != s.current || before.anchorNext {
+	if before.signer != current || before.transform != s.current || before.anchorNext {
 		t.Fatalf("before the window: signer current %v, rewrite with the current certificate %v, anchorNext %v",
-			before.signer == a.current, before.transform == s.current, before.anchorNext)
+			before.signer == current, before.transform == s.current, before.anchorNext)
 	}
 	if c := s.choose(r, []byte(`<Profile/>`)); c.transform != nil {
 		t.Fatal("a profile was rewritten")
@@ -58,12 +60,12 @@ func TestGuardSigningRewritesSettingsWithTheCertificateOfTheWindow(t *testing.T)
 
 	clock.Set(inWindow)
 	in := s.choose(r, []byte(settingsDoc))
-	if in.signer != a.current || in.transform != s.next || !in.anchorNext {
+	if in.signer != current || in.transform != s.next || !in.anchorNext {
 		t.Fatalf("in the window: signer current %v, rewrite with the next certificate %v, anchorNext %v",
-			in.signer == a.current, in.transform == s.next, in.anchorNext)
+			in.signer == current, in.transform == s.next, in.anchorNext)
 	}
 	s.served(r, in)
-	if st, ok := a.table.Lookup("H1"); !ok || !st.AnchorFetched.Equal(inWindow) {
+	if st, ok := a.Progress("H1"); !ok || !st.AnchorFetched.Equal(inWindow) {
 		t.Fatalf("serving the next certificate did not record the anchor fetch: %+v", st)
 	}
 }
@@ -125,7 +127,7 @@ func TestGuardSigningNeedsAKeyOrTheApp(t *testing.T) {
 // holdLab is a policy_guard with the real pipeline, its keys from a
 // rotation app, in front of a fake manager that signs with its own key.
 type holdLab struct {
-	app     *App
+	app     *rotation.App
 	clock   *testClock
 	guard   *testGuard
 	signed  map[string][]byte // manager-signed documents by root
@@ -136,11 +138,11 @@ type holdLab struct {
 func startHoldLab(t *testing.T, rotationLines ...string) *holdLab {
 	t.Helper()
 	dir := t.TempDir()
-	mKey, mCert, err := policyguard.GenerateSigningKey(2048, "manager")
+	mKey, mCert, err := guardlib.GenerateSigningKey(2048, "manager")
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, mPEM, err := policyguard.EncodeKeyPair(mKey, mCert)
+	_, mPEM, err := guardlib.EncodeKeyPair(mKey, mCert)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,7 +150,7 @@ func startHoldLab(t *testing.T, rotationLines ...string) *holdLab {
 	if err := os.WriteFile(certFile, mPEM, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	signer, err := policyguard.NewSigner(mKey, mCert)
+	signer, err := guardlib.NewSigner(mKey, mCert)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -199,8 +201,9 @@ func (l *holdLab) signedWith(t *testing.T, w *httptest.ResponseRecorder) string 
 	if w.Code != http.StatusOK {
 		return "status " + strconv.Itoa(w.Code)
 	}
-	for name, s := range map[string]*policyguard.Signer{"current": l.app.current, "next": l.app.next} {
-		v, err := policyguard.NewVerifier([]*x509.Certificate{s.Cert()}, policyguard.VerifyOptions{})
+	current, next := l.app.Signers()
+	for name, s := range map[string]*guardlib.Signer{"current": current, "next": next} {
+		v, err := guardlib.NewVerifier([]*x509.Certificate{s.Cert()}, guardlib.VerifyOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -245,7 +248,7 @@ func TestPolicyGuardHoldsPayloadsUntilTheClientConfirms(t *testing.T) {
 			if n := l.debug.FilterLevelExact(zapcore.WarnLevel).Len(); n != 0 {
 				t.Errorf("%d warnings for a hold, want none (it can be frequent)", n)
 			}
-			if st, _ := l.app.table.Lookup("H1"); !st.AnchorFetched.Equal(inWindow) {
+			if st, _ := l.app.Progress("H1"); !st.AnchorFetched.Equal(inWindow) {
 				t.Errorf("the hold changed the anchor fetch: %+v", st)
 			}
 

@@ -1,4 +1,4 @@
-package caddymodule
+package rotation
 
 import (
 	"context"
@@ -16,6 +16,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	_ "github.com/caddyserver/caddy/v2/modules/filestorage"
 	"github.com/legacygate/legacygate/policyguard"
 )
 
@@ -130,7 +131,7 @@ func tryStartApp(t *testing.T, block string, clock *testClock) (*App, error) {
 	a.now = clock.Now
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	t.Cleanup(cancel)
-	if err := a.Provision(ctx); err != nil {
+	if err := provisionLikeCaddy(ctx, a); err != nil {
 		_ = a.Cleanup()
 		return nil, err
 	}
@@ -167,15 +168,15 @@ func clientRequest(method, target string) *http.Request {
 }
 
 func heartbeat(a *App, host string) {
-	a.observeHeartbeat(clientRequest("GET", "/secars/secars.dll?action=index&hostid="+host), false)
+	a.ObserveHeartbeat(clientRequest("GET", "/secars/secars.dll?action=index&hostid="+host), false)
 }
 
 func fetchAnchor(a *App, host string) {
-	a.anchorServed(clientRequest("GET", "/secars/secars.dll?action=sylink&hostid="+host))
+	a.AnchorServed(clientRequest("GET", "/secars/secars.dll?action=sylink&hostid="+host))
 }
 
 func keyFor(a *App, host string) string {
-	s, hold := a.signerFor(clientRequest("GET", "/secars/secars.dll?action=profile&hostid="+host))
+	s, hold := a.SignerFor(clientRequest("GET", "/secars/secars.dll?action=profile&hostid="+host))
 	if hold {
 		return "hold"
 	}
@@ -273,7 +274,7 @@ func TestAppAnchorIsTheNextCertificateFromTheWindowsStart(t *testing.T) {
 		{windowEnd.Add(365 * 24 * time.Hour), true},
 	}
 	for _, tt := range tests {
-		cert, next := a.anchor(tt.at)
+		cert, next := a.Anchor(tt.at)
 		want := k.current.Cert()
 		if tt.wantNext {
 			want = k.next.Cert()
@@ -290,13 +291,13 @@ func TestAppCountsAHeartbeatOncePerRequest(t *testing.T) {
 	fetchAnchor(a, "H1")
 	clock.Set(inWindow.Add(time.Minute))
 	r := clientRequest("GET", "/secars/secars.dll?action=index&hostid=H1")
-	a.observeHeartbeat(r, true)  // plaintext_bridge
-	a.observeHeartbeat(r, false) // policy_guard behind it, same request
+	a.ObserveHeartbeat(r, true)  // plaintext_bridge
+	a.ObserveHeartbeat(r, false) // policy_guard behind it, same request
 	st, _ := a.table.Lookup("H1")
 	if st.HeartbeatsSince != 1 || !st.SeenPlaintext {
 		t.Fatalf("after one request seen by two handlers: %d heartbeats, plaintext %v; want 1, true", st.HeartbeatsSince, st.SeenPlaintext)
 	}
-	a.observeHeartbeat(clientRequest("GET", "/secars/secars.dll?action=profile&hostid=H1"), false)
+	a.ObserveHeartbeat(clientRequest("GET", "/secars/secars.dll?action=profile&hostid=H1"), false)
 	if st, _ := a.table.Lookup("H1"); st.HeartbeatsSince != 1 {
 		t.Fatalf("a profile request counted as a heartbeat: %d", st.HeartbeatsSince)
 	}
@@ -370,7 +371,7 @@ func TestAppHoldRetryAfterDefaultsToAMinute(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			a := startApp(t, appBlock(t, t.TempDir(), "a", tt.lines...), &testClock{now: inWindow})
-			if got := a.holdRetryAfter(); got != tt.want {
+			if got := a.HoldRetryAfter(); got != tt.want {
 				t.Fatalf("holdRetryAfter = %s, want %s", got, tt.want)
 			}
 		})
@@ -418,7 +419,7 @@ func tryStartAppNoCleanup(t *testing.T, block string, clock *testClock) (*App, e
 	a.now = clock.Now
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	t.Cleanup(cancel)
-	if err := a.Provision(ctx); err != nil {
+	if err := provisionLikeCaddy(ctx, a); err != nil {
 		return nil, err
 	}
 	return a, a.Start()
@@ -550,7 +551,7 @@ func TestAppGaugesReportProgressWithoutClientLabels(t *testing.T) {
 	defer a.Cleanup()
 	confirm(a, clock, "H1", 3)
 	heartbeat(a, "H2")
-	a.observeHeartbeat(clientRequest("GET", "/secars/secars.dll?action=index&hostid=H3"), true)
+	a.ObserveHeartbeat(clientRequest("GET", "/secars/secars.dll?action=index&hostid=H3"), true)
 	a.updateGauges()
 	families, err := ctx.GetMetricsRegistry().Gather()
 	if err != nil {

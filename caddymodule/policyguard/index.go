@@ -1,4 +1,4 @@
-package caddymodule
+package policyguard
 
 import (
 	"crypto/sha256"
@@ -12,6 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"go.uber.org/zap"
 
+	"github.com/legacygate/legacygate/caddymodule/internal/response"
 	"github.com/legacygate/legacygate/internal/xmlscan"
 	"github.com/legacygate/legacygate/rewrite"
 )
@@ -159,7 +160,7 @@ func (ix *indexSerial) suffix() []byte {
 // the suffix. It reports false, having written nothing, when the index is
 // to pass through unchanged: over maxIndexBytes, malformed (both logged),
 // or without the element or attribute.
-func (g *PolicyGuard) rewriteIndex(w http.ResponseWriter, r *http.Request, rec *guardRecorder, body []byte) (bool, error) {
+func (g *PolicyGuard) rewriteIndex(w http.ResponseWriter, r *http.Request, rec *response.Recorder, body []byte) (bool, error) {
 	if len(body) > maxIndexBytes {
 		g.logger.Warn("index passed without its settings serial rewritten",
 			zap.String("reason", reasonTooLarge), zap.String("path", r.URL.Path), zap.Int("upstream_bytes", len(body)),
@@ -181,12 +182,12 @@ func (g *PolicyGuard) rewriteIndex(w http.ResponseWriter, r *http.Request, rec *
 	suffix := g.index.suffix()
 	g.count(resultPassed, reasonIndexSerial)
 	h := w.Header()
-	copyResponseHeader(h, rec.header)
+	response.CopyHeader(h, rec.Held())
 	for _, k := range staleAfterResign {
 		delete(h, k)
 	}
 	h["Content-Length"] = []string{strconv.Itoa(len(body) + len(suffix))}
-	w.WriteHeader(rec.status)
+	w.WriteHeader(rec.Status())
 	if r.Method == http.MethodHead {
 		return true, nil
 	}

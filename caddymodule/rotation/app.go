@@ -1,4 +1,4 @@
-package caddymodule
+package rotation
 
 import (
 	"context"
@@ -11,18 +11,14 @@ import (
 	"net/url"
 	"path"
 	"regexp"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig"
-	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/certmagic"
-	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/legacygate/legacygate/internal/rotationtable"
@@ -40,11 +36,14 @@ const (
 	defaultMaxClients      = 200_000
 	defaultPersistInterval = 30 * time.Second
 	defaultPurgeAge        = 7 * 24 * time.Hour
-	defaultHoldRetryAfter  = 60 * time.Second
 	maxHoldRetryAfter      = time.Hour
 	defaultHeartbeatPath   = "/secars/secars.dll"
 	generatedKeyBits       = 2048
 )
+
+// DefaultHoldRetryAfter is the Retry-After of a held payload when no
+// rotation says otherwise.
+const DefaultHoldRetryAfter = 60 * time.Second
 
 // Signing key roles.
 const (
@@ -170,14 +169,11 @@ func (App) CaddyModule() caddy.ModuleInfo {
 }
 
 // Provision loads the keys, builds the rotation table, restores progress
-// from storage and registers the gauges.
+// from storage and registers the gauges. Caddy calls Validate after it.
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
 	if a.now == nil {
 		a.now = time.Now
-	}
-	if err := a.Validate(); err != nil {
-		return err
 	}
 	if a.ClientID == "" {
 		a.ClientID = defaultClientID
@@ -225,6 +221,9 @@ func (a *App) provisionStorage(ctx caddy.Context) error {
 
 func (a *App) provisionRotation(ctx caddy.Context) error {
 	r := a.Rotation
+	if err := r.validate(); err != nil { // before anything is built from it
+		return err
+	}
 	table, err := rotationtable.NewRotationTable(rotationtable.RotationPolicy{
 		Window:            r.Window,
 		ConfirmHeartbeats: uint32(r.ConfirmHeartbeats),
@@ -268,9 +267,17 @@ func (a *App) takeOverRunningTable() {
 	}
 }
 
+// validateInstanceID checks the instance id, which becomes a storage key.
+func (a *App) validateInstanceID() error {
+	if a.InstanceID != "" && !namePattern.MatchString(a.InstanceID) {
+		return fmt.Errorf("legacygate: instance_id: %q is not a name of letters, digits, '.', '_' or '-' (at most 64)", a.InstanceID)
+	}
+	return nil
+}
+
 func (a *App) instanceID() (string, error) {
 	if a.InstanceID != "" {
-		return a.InstanceID, nil
+		return a.InstanceID, a.validateInstanceID()
 	}
 	id, err := caddy.InstanceID()
 	if err != nil {
@@ -295,7 +302,7 @@ func (r *RotationConfig) persistInterval() time.Duration {
 
 func (r *RotationConfig) holdRetryAfter() time.Duration {
 	if r.HoldRetryAfter == 0 {
-		return defaultHoldRetryAfter
+		return DefaultHoldRetryAfter
 	}
 	return time.Duration(r.HoldRetryAfter)
 }
@@ -313,6 +320,25 @@ var namePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 
 // Validate names the first wrong field.
 func (a *App) Validate() error {
+	if err := a.validateKeys(); err != nil {
+		return err
+	}
+	if err := a.validateInstanceID(); err != nil {
+		return err
+	}
+	if a.Heartbeat != nil && a.Heartbeat.Path == "" && len(a.Heartbeat.Query) == 0 {
+		return errors.New("legacygate: heartbeat: give a path, query parameters, or both")
+	}
+	if a.Rotation != nil {
+		return a.Rotation.validate()
+	}
+	return nil
+}
+
+// validateKeys checks every signing key and that the roles fit the
+// rotation. Provision needs it too: the keys it loads are chosen by role,
+// and a generated key's name becomes a storage key.
+func (a *App) validateKeys() error {
 	roles := map[string]bool{}
 	for _, k := range a.SigningKeys {
 		if err := k.validate(); err != nil {
@@ -330,14 +356,6 @@ func (a *App) Validate() error {
 		return errors.New("legacygate: signing_key next: a rotation needs the next key")
 	case a.Rotation == nil && roles[roleNext]:
 		return errors.New("legacygate: rotation: signing_key next is set but no rotation window is configured")
-	case a.InstanceID != "" && !namePattern.MatchString(a.InstanceID):
-		return fmt.Errorf("legacygate: instance_id: %q is not a name of letters, digits, '.', '_' or '-' (at most 64)", a.InstanceID)
-	}
-	if a.Heartbeat != nil && a.Heartbeat.Path == "" && len(a.Heartbeat.Query) == 0 {
-		return errors.New("legacygate: heartbeat: give a path, query parameters, or both")
-	}
-	if a.Rotation != nil {
-		return a.Rotation.validate()
 	}
 	return nil
 }
@@ -388,6 +406,9 @@ func (r *RotationConfig) validate() error {
 // loadKeys loads or generates the signing keys and refuses a next key equal
 // to the current one.
 func (a *App) loadKeys(ctx caddy.Context) error {
+	if err := a.validateKeys(); err != nil {
+		return err
+	}
 	for _, k := range a.SigningKeys {
 		s, err := k.load(ctx, a.storage)
 		if err != nil {
@@ -541,6 +562,26 @@ var activeApp atomic.Pointer[App]
 
 // The decisions handlers ask for.
 
+// Signers are the current signing key and the next one (nil without a
+// rotation), for handlers that prepare a rewrite per key.
+func (a *App) Signers() (current, next *policyguard.Signer) { return a.current, a.next }
+
+// Now is the app's clock.
+func (a *App) Now() time.Time { return a.now() }
+
+// SetClock replaces the app's clock; call it before Provision. Tests and
+// simulations use it to move through a rotation window.
+func (a *App) SetClock(now func() time.Time) { a.now = now }
+
+// Progress is a client's progress through the rotation, false when it is
+// not tracked (or there is no rotation).
+func (a *App) Progress(clientID string) (rotationtable.ClientState, bool) {
+	if a.table == nil {
+		return rotationtable.ClientState{}, false
+	}
+	return a.table.Lookup(clientID)
+}
+
 // queryPlaceholder is a client_id that is one query parameter, the common
 // case, read without the replacer (which parses the whole query on each
 // call).
@@ -587,10 +628,10 @@ func queryValue(raw, key string) string {
 	return ""
 }
 
-// signerFor picks the key that signs the payload sent in answer to r, or
+// SignerFor picks the key that signs the payload sent in answer to r, or
 // reports that the payload is held: r's client fetched the next certificate
 // and has not confirmed it, so no key is safe (see rotationtable.KeyHold).
-func (a *App) signerFor(r *http.Request) (signer *policyguard.Signer, hold bool) {
+func (a *App) SignerFor(r *http.Request) (signer *policyguard.Signer, hold bool) {
 	return a.signerForClient(a.clientID(r), a.now())
 }
 
@@ -611,18 +652,18 @@ func (a *App) signerForClient(id string, now time.Time) (signer *policyguard.Sig
 	return a.current, false
 }
 
-// holdRetryAfter is the Retry-After of a held payload.
-func (a *App) holdRetryAfter() time.Duration {
+// HoldRetryAfter is the Retry-After of a held payload.
+func (a *App) HoldRetryAfter() time.Duration {
 	if a.Rotation == nil {
-		return defaultHoldRetryAfter
+		return DefaultHoldRetryAfter
 	}
 	return a.Rotation.holdRetryAfter()
 }
 
-// anchor is the signing certificate settings documents carry at now: the
+// Anchor is the signing certificate settings documents carry at now: the
 // next one from the window's start on, the current one before it. next
 // reports which.
-func (a *App) anchor(now time.Time) (cert *x509.Certificate, next bool) {
+func (a *App) Anchor(now time.Time) (cert *x509.Certificate, next bool) {
 	if a.table == nil || now.Before(a.Rotation.Window.Start) {
 		return a.current.Cert(), false
 	}
@@ -634,9 +675,9 @@ func (a *App) windowOpen(now time.Time) bool {
 	return a.table != nil && a.table.Policy().Phase(now) == "open"
 }
 
-// anchorServed records that r's client was served settings carrying the
+// AnchorServed records that r's client was served settings carrying the
 // next certificate.
-func (a *App) anchorServed(r *http.Request) {
+func (a *App) AnchorServed(r *http.Request) {
 	if a.table == nil {
 		return
 	}
@@ -649,8 +690,8 @@ func (a *App) anchorServed(r *http.Request) {
 // plaintext_bridge and the policy_guard behind it count it once.
 const heartbeatVar = "legacygate.heartbeat_recorded"
 
-// observeHeartbeat records r as its client's heartbeat if it is one.
-func (a *App) observeHeartbeat(r *http.Request, plaintext bool) {
+// ObserveHeartbeat records r as its client's heartbeat if it is one.
+func (a *App) ObserveHeartbeat(r *http.Request, plaintext bool) {
 	if a.table == nil || !a.heartbeat.match(r) {
 		return
 	}
@@ -695,298 +736,10 @@ func (m requestMatcher) match(r *http.Request) bool {
 	return true
 }
 
-// rotationGauges are the operator's figures on Caddy's metrics registry;
-// never labelled by client.
-type rotationGauges struct {
-	clients   *prometheus.GaugeVec
-	plaintext prometheus.Gauge
-	ratio     prometheus.Gauge
-}
-
-var rotationMetrics = rotationGauges{
-	clients: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Name: "legacygate_rotation_clients",
-		Help: "Clients tracked by the key rotation, by state (unseen, pending, anchor_fetched, confirmed).",
-	}, []string{"state"}),
-	plaintext: prometheus.NewGauge(prometheus.GaugeOpts{
-		Name: "legacygate_rotation_plaintext_clients",
-		Help: "Tracked clients whose latest heartbeat came over plain HTTP.",
-	}),
-	ratio: prometheus.NewGauge(prometheus.GaugeOpts{
-		Name: "legacygate_rotation_confirmed_ratio",
-		Help: "Confirmed clients divided by tracked clients (0 when none is tracked).",
-	}),
-}
-
-func registerRotationGauges(reg prometheus.Registerer) (rotationGauges, error) {
-	var g rotationGauges
-	var err error
-	if g.clients, err = registerCollector(reg, rotationMetrics.clients); err != nil {
-		return g, err
-	}
-	if g.plaintext, err = registerCollector(reg, rotationMetrics.plaintext); err != nil {
-		return g, err
-	}
-	g.ratio, err = registerCollector(reg, rotationMetrics.ratio)
-	return g, err
-}
-
-// updateGauges sets the gauges from the table (zero without a rotation).
-func (a *App) updateGauges() {
-	var c rotationtable.RotationCounts
-	if a.table != nil {
-		c = a.table.Counts(a.now())
-	}
-	a.gauges.clients.WithLabelValues(string(rotationtable.ProgressUnseen)).Set(float64(c.Unseen))
-	a.gauges.clients.WithLabelValues(string(rotationtable.ProgressPending)).Set(float64(c.Pending))
-	a.gauges.clients.WithLabelValues(string(rotationtable.ProgressAnchorFetched)).Set(float64(c.AnchorFetched))
-	a.gauges.clients.WithLabelValues(string(rotationtable.ProgressConfirmed)).Set(float64(c.Confirmed))
-	a.gauges.plaintext.Set(float64(c.Plaintext))
-	a.gauges.ratio.Set(confirmedRatio(c))
-}
-
-func confirmedRatio(c rotationtable.RotationCounts) float64 {
-	if c.Tracked == 0 {
-		return 0
-	}
-	return float64(c.Confirmed) / float64(c.Tracked)
-}
-
-func parseAppOption(d *caddyfile.Dispenser, existing any) (any, error) {
-	if existing != nil {
-		return nil, d.Err("legacygate: the global option is given twice")
-	}
-	a := new(App)
-	if err := a.UnmarshalCaddyfile(d); err != nil {
-		return nil, err
-	}
-	return httpcaddyfile.App{Name: "legacygate", Value: caddyconfig.JSON(a, nil)}, nil
-}
-
-// UnmarshalCaddyfile sets up the app from the global option. Syntax:
-//
-//	legacygate {
-//	    signing_key current <key_file> <cert_file> | generate [<name>]
-//	    signing_key next    <key_file> <cert_file> | generate [<name>]
-//	    client_id   <placeholder>
-//	    heartbeat   [<path>] [<param>=<value>...]
-//	    instance_id <name>
-//	    storage     <module> [<args...>]
-//	    rotation {
-//	        window             <start> <end>
-//	        confirm_heartbeats <n>
-//	        grace              <duration>
-//	        max_clients        <n>
-//	        persist_interval   <duration>
-//	        purge_age          <duration>
-//	        hold_retry_after   <duration>
-//	    }
-//	}
-//
-// Times are RFC 3339 (2026-12-01T00:00:00Z); durations take Go units plus d
-// for days (90d). client_id takes Caddyfile shorthands ({query.hostid}).
-// generate keeps the key in Caddy storage under the name (default: the role).
-func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next()
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	for d.NextBlock(0) {
-		var err error
-		switch d.Val() {
-		case "signing_key":
-			err = a.unmarshalSigningKey(d)
-		case "client_id":
-			a.ClientID, err = oneArg(d)
-			a.ClientID = expandShorthands(a.ClientID)
-		case "heartbeat":
-			a.Heartbeat, err = unmarshalRequestSpec(d)
-		case "instance_id":
-			a.InstanceID, err = oneArg(d)
-		case "storage":
-			err = a.unmarshalStorage(d)
-		case "rotation":
-			if a.Rotation != nil {
-				return d.Err("legacygate: rotation: given twice; one rotation at a time")
-			}
-			a.Rotation = new(RotationConfig)
-			err = a.Rotation.unmarshalCaddyfile(d)
-		default:
-			return d.Errf("legacygate: unknown subdirective %q", d.Val())
-		}
-		if err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func (a *App) unmarshalSigningKey(d *caddyfile.Dispenser) error {
-	args := d.RemainingArgs()
-	if len(args) < 2 || len(args) > 3 {
-		return d.Err("legacygate: signing_key: want <current|next> <key_file> <cert_file>, or <current|next> generate [<name>]")
-	}
-	k := SigningKeyConfig{Role: args[0]}
-	switch {
-	case args[1] == "generate" && len(args) == 3:
-		k.Generate = args[2]
-	case args[1] == "generate":
-		k.Generate = args[0]
-	case len(args) == 3:
-		k.KeyFile, k.CertFile = args[1], args[2]
-	default:
-		return d.Errf("legacygate: signing_key %s: want <key_file> <cert_file>, or generate [<name>]", args[0])
-	}
-	a.SigningKeys = append(a.SigningKeys, k)
-	return nil
-}
-
-func (a *App) unmarshalStorage(d *caddyfile.Dispenser) error {
-	if !d.NextArg() {
-		return d.ArgErr()
-	}
-	name := d.Val()
-	mod, err := caddyfile.UnmarshalModule(d, "caddy.storage."+name)
-	if err != nil {
-		return err
-	}
-	conv, ok := mod.(caddy.StorageConverter)
-	if !ok {
-		return d.Errf("legacygate: storage: module %q is not a storage", name)
-	}
-	a.StorageRaw = caddyconfig.JSONModuleObject(conv, "module", name, nil)
-	return nil
-}
-
-func (r *RotationConfig) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	windows := 0
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		field := d.Val()
-		var err error
-		switch field {
-		case "window":
-			windows++
-			if windows > 1 {
-				return d.Err("legacygate: rotation: window: given twice (overlapping windows); one window per rotation")
-			}
-			err = r.unmarshalWindow(d)
-		case "confirm_heartbeats":
-			r.ConfirmHeartbeats, err = intArg(d, 1)
-		case "max_clients":
-			r.MaxClients, err = intArg(d, 1)
-		case "grace":
-			err = durationArg(d, &r.Grace)
-		case "persist_interval":
-			err = durationArg(d, &r.PersistInterval)
-		case "purge_age":
-			err = durationArg(d, &r.PurgeAge)
-		case "hold_retry_after":
-			err = durationArg(d, &r.HoldRetryAfter)
-		default:
-			return d.Errf("legacygate: rotation: unknown subdirective %q", field)
-		}
-		if err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func (r *RotationConfig) unmarshalWindow(d *caddyfile.Dispenser) error {
-	args := d.RemainingArgs()
-	if len(args) != 2 {
-		return d.Err("legacygate: rotation: window: want <start> <end> (RFC 3339 times)")
-	}
-	var times [2]time.Time
-	for i, v := range args {
-		t, err := time.Parse(time.RFC3339, v)
-		if err != nil {
-			return d.Errf("legacygate: rotation: window: %q is not an RFC 3339 time such as 2026-12-01T00:00:00Z", v)
-		}
-		times[i] = t.UTC()
-	}
-	r.Window = rotationtable.Window{Start: times[0], End: times[1]}
-	return nil
-}
-
-// unmarshalRequestSpec reads [<path>] [<param>=<value>...].
-func unmarshalRequestSpec(d *caddyfile.Dispenser) (*RequestSpec, error) {
-	field := d.Val()
-	args := d.RemainingArgs()
-	if len(args) == 0 {
-		return nil, d.Errf("%s: want [<path>] [<param>=<value>...]", field)
-	}
-	s := &RequestSpec{}
-	for i, arg := range args {
-		if i == 0 && strings.HasPrefix(arg, "/") {
-			s.Path = arg
-			continue
-		}
-		k, v, ok := strings.Cut(arg, "=")
-		if !ok || k == "" {
-			return nil, d.Errf("%s: %q is neither a path (first, starting with /) nor <param>=<value>", field, arg)
-		}
-		if s.Query == nil {
-			s.Query = map[string]string{}
-		}
-		s.Query[k] = v
-	}
-	return s, nil
-}
-
-func oneArg(d *caddyfile.Dispenser) (string, error) {
-	field := d.Val()
-	args := d.RemainingArgs()
-	if len(args) != 1 {
-		return "", d.Errf("%s: want exactly one value", field)
-	}
-	return args[0], nil
-}
-
-func intArg(d *caddyfile.Dispenser, least int) (int, error) {
-	field := d.Val()
-	v, err := oneArg(d)
-	if err != nil {
-		return 0, err
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil || n < least {
-		return 0, d.Errf("legacygate: rotation: %s: %q is not a whole number of at least %d", field, v, least)
-	}
-	return n, nil
-}
-
-func durationArg(d *caddyfile.Dispenser, dst *caddy.Duration) error {
-	field := d.Val()
-	v, err := oneArg(d)
-	if err != nil {
-		return err
-	}
-	dur, err := caddy.ParseDuration(v)
-	if err != nil || dur <= 0 {
-		return d.Errf("legacygate: rotation: %s: %q is not a positive duration (units ns to h, or d for days: 90d)", field, v)
-	}
-	*dst = caddy.Duration(dur)
-	return nil
-}
-
-// expandShorthands turns Caddyfile placeholder shorthands ({query.hostid})
-// into full placeholders, which the Caddyfile adapter does for site blocks
-// but not for global options.
-func expandShorthands(s string) string {
-	seg := caddyfile.Segment{caddyfile.Token{Text: s}}
-	httpcaddyfile.NewShorthandReplacer().ApplyToSegment(&seg)
-	return seg[0].Text
-}
-
 // Interface guards.
 var (
-	_ caddy.App             = (*App)(nil)
-	_ caddy.Provisioner     = (*App)(nil)
-	_ caddy.Validator       = (*App)(nil)
-	_ caddy.CleanerUpper    = (*App)(nil)
-	_ caddyfile.Unmarshaler = (*App)(nil)
+	_ caddy.App          = (*App)(nil)
+	_ caddy.Provisioner  = (*App)(nil)
+	_ caddy.Validator    = (*App)(nil)
+	_ caddy.CleanerUpper = (*App)(nil)
 )

@@ -1,0 +1,74 @@
+package policyguard
+
+import (
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/legacygate/legacygate/caddymodule/internal/caddyarg"
+)
+
+func parsePolicyGuard(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	g := new(PolicyGuard)
+	err := g.UnmarshalCaddyfile(h.Dispenser)
+	return g, err
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	policy_guard [<matcher>] {
+//	    upstream_cert <file> [<file>...]
+//	    signing_key   <key_file> <cert_file>
+//	    roots         <element> [<element>...]
+//	    allow_sha1
+//	    ignore_expiry
+//	    max_size      <size>
+//	    cache_size    <size>
+//	    rewrite {
+//	        ...
+//	    }
+//	}
+//
+// upstream_cert and roots may be repeated; their lists add up. Sizes take
+// units (16MiB, 64MB) or plain bytes. Without signing_key, the legacygate
+// global option supplies the keys. The rewrite block's syntax is in
+// unmarshalGuardRewrite.
+func (g *PolicyGuard) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next()
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		var err error
+		switch d.Val() {
+		case "upstream_cert":
+			g.UpstreamCerts, err = caddyarg.Append(d, g.UpstreamCerts)
+		case "roots":
+			g.Roots, err = caddyarg.Append(d, g.Roots)
+		case "signing_key":
+			args := d.RemainingArgs()
+			if len(args) != 2 {
+				return d.Err("signing_key: want <key_file> <cert_file>")
+			}
+			g.SigningKeyFile, g.SigningCertFile = args[0], args[1]
+		case "allow_sha1":
+			g.AllowSHA1, err = true, caddyarg.None(d)
+		case "ignore_expiry":
+			g.IgnoreExpiry, err = true, caddyarg.None(d)
+		case "max_size":
+			g.MaxSize, err = caddyarg.Size(d)
+		case "cache_size":
+			g.CacheSize, err = caddyarg.Size(d)
+		case "rewrite":
+			g.Rewrite, err = unmarshalGuardRewrite(d)
+		default:
+			return d.Errf("policy_guard: unknown subdirective %q", d.Val())
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Interface guards.
+var _ caddyfile.Unmarshaler = (*PolicyGuard)(nil)
