@@ -1,13 +1,15 @@
 package heartbeatlimit
 
 import (
+	"strconv"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
 	"github.com/legacygate/legacygate/caddymodule/internal/caddyarg"
-	"strconv"
 )
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:

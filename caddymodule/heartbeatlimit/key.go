@@ -3,15 +3,17 @@ package heartbeatlimit
 import (
 	"bytes"
 	"encoding/binary"
-	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"github.com/legacygate/legacygate/internal/xmlscan"
 	"io"
 	"net"
 	"net/http"
 	"net/textproto"
 	"net/url"
 	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/legacygate/legacygate/internal/xmlscan"
 )
 
 // clientKey returns the request's key hash, and false when the key could

@@ -2,8 +2,9 @@ package heartbeatlimit
 
 import (
 	"github.com/caddyserver/caddy/v2"
-	"github.com/legacygate/legacygate/caddymodule/internal/metrics"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/legacygate/legacygate/caddymodule/internal/metrics"
 )
 
 // Rejection reasons, the values of the metrics' reason label and of

@@ -1,9 +1,10 @@
 package legacytls
 
 import (
+	"slices"
+
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
-	"slices"
 )
 
 // UnmarshalCaddyfile sets up the transport from Caddyfile tokens. Syntax:

@@ -2,10 +2,11 @@ package legacytls
 
 import (
 	"encoding/json"
-	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 )
 
 func TestLegacyTLSUnmarshalCaddyfile(t *testing.T) {

@@ -1,9 +1,10 @@
 package legacytls
 
 import (
-	"github.com/legacygate/legacygate/integration/certs"
 	"strings"
 	"testing"
+
+	"github.com/legacygate/legacygate/integration/certs"
 )
 
 func TestParsePinRoundTrip(t *testing.T) {

@@ -11,12 +11,13 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
-	"github.com/legacygate/legacygate/caddymodule/rotation"
-	"github.com/legacygate/legacygate/internal/xmlscan"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/legacygate/legacygate/caddymodule/rotation"
+	"github.com/legacygate/legacygate/internal/xmlscan"
 )
 
 const (

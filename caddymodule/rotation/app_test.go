@@ -15,8 +15,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-
 	_ "github.com/caddyserver/caddy/v2/modules/filestorage"
+
 	"github.com/legacygate/legacygate/policyguard"
 )
 

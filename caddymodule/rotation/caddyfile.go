@@ -1,14 +1,16 @@
 package rotation
 
 import (
+	"strings"
+	"time"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+
 	"github.com/legacygate/legacygate/caddymodule/internal/caddyarg"
 	"github.com/legacygate/legacygate/internal/rotationtable"
-	"strings"
-	"time"
 )
 
 func parseAppOption(d *caddyfile.Dispenser, existing any) (any, error) {

@@ -1,9 +1,10 @@
 package rotation
 
 import (
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/legacygate/legacygate/caddymodule/internal/metrics"
 	"github.com/legacygate/legacygate/internal/rotationtable"
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // rotationGauges are the operator's figures on Caddy's metrics registry;

@@ -1,14 +1,14 @@
 package response
 
 import (
+	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strconv"
 	"strings"
 	"time"
 
-	"errors"
-	"fmt"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
