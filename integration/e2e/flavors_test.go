@@ -380,12 +380,22 @@ func TestPolicyServerFlavorThroughTheGateway(t *testing.T) {
 
 func TestPackageGuardConfigMistakesStopTheGateway(t *testing.T) {
 	port := harness.FreePort(t)
+	// A readable certificate, so that the header is the one mistake: Caddy
+	// provisions (reading the file) before it validates.
+	pair, err := certs.New(certs.Modern, "manager.test", 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, _, err := pair.WriteFiles(t.TempDir(), "manager")
+	if err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name, block, want string
 	}{
 		{"no certificate", "package_guard /epm/packages/*", "package_guard: upstream_cert"},
 		{"missing certificate file", "package_guard /epm/packages/* {\n\t\tupstream_cert " + filepath.Join(t.TempDir(), "absent.crt") + "\n\t}", "package_guard: upstream_cert"},
-		{"bad signature header", "package_guard {\n\t\tupstream_cert x.crt\n\t\tsignature_header \"X Sig\"\n\t}", "package_guard: signature_header"},
+		{"bad signature header", "package_guard {\n\t\tupstream_cert " + certFile + "\n\t\tsignature_header \"X Sig\"\n\t}", "package_guard: signature_header"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
