@@ -6,11 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net/http"
-	"net/url"
 	"path"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -25,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/legacygate/legacygate/internal/query"
 	"github.com/legacygate/legacygate/policyguard"
 )
 
@@ -68,14 +70,25 @@ type App struct {
 	SigningKeys []SigningKeyConfig `json:"signing_keys,omitempty"`
 
 	// ClientID is the placeholder that names a client, resolved per request.
-	// Default: {http.request.uri.query.hostid}. Requests where it resolves to
-	// an empty string are never tracked and keep the current key until the
-	// grace period is over.
+	// Default: {http.request.uri.query.hostid}. The id is ASCII upper-cased
+	// (SEPM host ids are hex GUIDs, which the manager upper-cases too), so
+	// case variants are one client. Requests where it resolves to an empty
+	// string are never tracked and keep the current key until the grace
+	// period is over.
+	//
+	// A query placeholder must be the whole of client_id; its parameter is
+	// matched ignoring case and after decoding. A request that names it
+	// more than once (hostid=A&HostId=B), or with a malformed escape, has no
+	// client id and is served nothing that depends on one: it is never
+	// tracked, plaintext_bridge refuses it (400, duplicate_key or
+	// bad_query), and policy_guard signs no payload for it (502, no_signer),
+	// since the manager may have answered for the other value.
 	ClientID string `json:"client_id,omitempty"`
 
 	// Heartbeat says which requests are heartbeats (a client's index
 	// request). policy_guard and plaintext_bridge report each one to the app,
 	// once per request. Default: path /secars/secars.dll, query action=index.
+	// A request naming one of its query parameters twice is no heartbeat.
 	Heartbeat *RequestSpec `json:"heartbeat,omitempty"`
 
 	// Rotation is the key rotation. Without it every payload is signed with
@@ -156,7 +169,10 @@ type RotationConfig struct {
 type RequestSpec struct {
 	// Path is matched case-insensitively; a trailing * matches any rest.
 	Path string `json:"path,omitempty"`
-	// Query lists parameters that must have these values.
+	// Query lists parameters that must have these values. Names and values
+	// are matched ignoring ASCII case (action=LOG is a log upload too), names
+	// after decoding. A request naming one of these parameters more than
+	// once matches no spec, and the handlers that judge it refuse it.
 	Query map[string]string `json:"query,omitempty"`
 }
 
@@ -181,9 +197,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if a.ClientID == "" {
 		a.ClientID = defaultClientID
 	}
-	if m := queryPlaceholder.FindStringSubmatch(a.ClientID); m != nil {
-		a.queryKey = m[1]
-	}
+	a.queryKey, _ = query.Placeholder(a.ClientID)
 	spec := RequestSpec{Path: defaultHeartbeatPath, Query: map[string]string{"action": "index"}}
 	if a.Heartbeat != nil {
 		spec = *a.Heartbeat
@@ -334,6 +348,9 @@ func (a *App) Validate() error {
 	}
 	if a.Heartbeat != nil && a.Heartbeat.Path == "" && len(a.Heartbeat.Query) == 0 {
 		return errors.New("legacygate: heartbeat: give a path, query parameters, or both")
+	}
+	if _, whole := query.Placeholder(a.ClientID); !whole && query.MentionsPlaceholder(a.ClientID) {
+		return fmt.Errorf("legacygate: client_id: %q: a query placeholder must be the whole client_id, such as {query.hostid}", a.ClientID)
 	}
 	if a.Rotation != nil {
 		return a.Rotation.validate()
@@ -540,57 +557,37 @@ var activeApp atomic.Pointer[App]
 
 // The decisions handlers ask for.
 
-// queryPlaceholder is a client_id that is one query parameter, the common
-// case, read without the replacer (which parses the whole query on each
-// call).
-var queryPlaceholder = regexp.MustCompile(`^\{http\.request\.uri\.query\.([^{}]+)\}$`)
-
-// clientID resolves the client_id placeholder for r.
-func (a *App) clientID(r *http.Request) string {
+// clientID resolves the client_id placeholder for r, ASCII upper-cased. A
+// client_id that is one query parameter, the common case, is read with the
+// one query parser, which reports a parameter given twice or malformed as
+// an error: such a request has no client id.
+func (a *App) clientID(r *http.Request) (string, error) {
 	if a.queryKey != "" {
-		return queryValue(r.URL.RawQuery, a.queryKey)
+		id, _, err := query.Single(r.URL.RawQuery, a.queryKey)
+		if err != nil {
+			return "", fmt.Errorf("client_id: %w", err)
+		}
+		return query.Upper(id), nil
 	}
 	repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	if !ok {
-		return ""
+		return "", nil
 	}
-	return repl.ReplaceKnown(a.ClientID, "")
-}
-
-// queryValue is url.ParseQuery(raw).Get(key) without building the map.
-func queryValue(raw, key string) string {
-	for raw != "" {
-		var pair string
-		pair, raw, _ = strings.Cut(raw, "&")
-		if strings.Contains(pair, ";") {
-			continue // url.ParseQuery refuses such pairs
-		}
-		k, v, _ := strings.Cut(pair, "=")
-		if strings.ContainsAny(k, "%+") {
-			uk, err := url.QueryUnescape(k)
-			if err != nil {
-				continue
-			}
-			k = uk
-		}
-		if k != key {
-			continue
-		}
-		if !strings.ContainsAny(v, "%+") {
-			return v
-		}
-		if uv, err := url.QueryUnescape(v); err == nil {
-			return uv
-		}
-	}
-	return ""
+	return query.Upper(repl.ReplaceKnown(a.ClientID, "")), nil
 }
 
 // signerFor picks the key that signs the payload sent in answer to r, or
 // reports that the payload is held: r's client fetched the next certificate
 // and has not confirmed it, so no key is safe (see policyguard.KeyHold).
+// A request whose client id is ambiguous gets no signer: the manager may
+// have answered for another client than the one the gateway would sign
+// for, so the payload is refused, never signed.
 func (a *App) signerFor(r *http.Request) (signer *policyguard.Signer, hold bool) {
-	return a.signerForClient(a.clientID(r), a.now())
+	id, err := a.clientID(r)
+	if err != nil {
+		return nil, false
+	}
+	return a.signerForClient(id, a.now())
 }
 
 func (a *App) signerForClient(id string, now time.Time) (signer *policyguard.Signer, hold bool) {
@@ -639,7 +636,7 @@ func (a *App) anchorServed(r *http.Request) {
 	if a.table == nil {
 		return
 	}
-	if id := a.clientID(r); id != "" {
+	if id, err := a.clientID(r); err == nil && id != "" {
 		a.table.AnchorFetched(id, a.now())
 	}
 }
@@ -648,50 +645,123 @@ func (a *App) anchorServed(r *http.Request) {
 // plaintext_bridge and the policy_guard behind it count it once.
 const heartbeatVar = "legacygate.heartbeat_recorded"
 
-// observeHeartbeat records r as its client's heartbeat if it is one.
+// observeHeartbeat records r as its client's heartbeat if it is one. A
+// request naming a heartbeat parameter or the client id twice is none.
 func (a *App) observeHeartbeat(r *http.Request, plaintext bool) {
-	if a.table == nil || !a.heartbeat.match(r) {
+	if a.table == nil {
+		return
+	}
+	if ok, err := a.heartbeat.match(r); !ok || err != nil {
 		return
 	}
 	if caddyhttp.GetVar(r.Context(), heartbeatVar) != nil {
 		return
 	}
 	caddyhttp.SetVar(r.Context(), heartbeatVar, true)
-	if id := a.clientID(r); id != "" {
+	if id, err := a.clientID(r); err == nil && id != "" {
 		a.table.Heartbeat(id, a.now(), plaintext)
 	}
+}
+
+// decisionKeys are the query parameters the app decides on: the client id
+// and the heartbeat's parameters.
+func (a *App) decisionKeys() []string {
+	keys := a.heartbeat.keys()
+	if a.queryKey != "" {
+		keys = append(keys, a.queryKey)
+	}
+	return keys
 }
 
 // requestMatcher is a RequestSpec ready to match.
 type requestMatcher struct {
 	path   string
 	prefix bool
-	query  map[string]string
+	query  []queryRule // sorted by key, so matching is deterministic
 }
+
+// queryRule is one parameter a RequestSpec requires.
+type queryRule struct{ key, value string }
 
 func newRequestMatcher(s RequestSpec) requestMatcher {
 	p := strings.ToLower(s.Path)
-	m := requestMatcher{path: strings.TrimSuffix(p, "*"), prefix: strings.HasSuffix(p, "*"), query: s.Query}
+	m := requestMatcher{path: strings.TrimSuffix(p, "*"), prefix: strings.HasSuffix(p, "*")}
+	for k, v := range s.Query {
+		m.query = append(m.query, queryRule{key: k, value: v})
+	}
+	slices.SortFunc(m.query, func(a, b queryRule) int { return strings.Compare(a.key, b.key) })
 	return m
 }
 
-func (m requestMatcher) match(r *http.Request) bool {
+// match reports whether r is on the matcher's path and has each of its
+// query parameters once, with its value (both ignoring ASCII case). An
+// error (a parameter given twice, a malformed escape) is no match, and
+// the caller refuses the request.
+func (m requestMatcher) match(r *http.Request) (bool, error) {
 	if m.path != "" || m.prefix {
 		p := strings.ToLower(r.URL.Path)
 		if m.prefix && !strings.HasPrefix(p, m.path) || !m.prefix && p != m.path {
-			return false
+			return false, nil
 		}
 	}
-	if len(m.query) == 0 {
-		return true
-	}
-	q := r.URL.Query()
-	for k, v := range m.query {
-		if q.Get(k) != v {
-			return false
+	for _, rule := range m.query {
+		v, found, err := query.Single(r.URL.RawQuery, rule.key)
+		if err != nil {
+			return false, err
+		}
+		if !found || !query.EqualFold(v, rule.value) {
+			return false, nil
 		}
 	}
-	return true
+	return true, nil
+}
+
+// keys are the query parameters the matcher looks at.
+func (m requestMatcher) keys() []string {
+	keys := make([]string, len(m.query))
+	for i, rule := range m.query {
+		keys[i] = rule.key
+	}
+	return keys
+}
+
+// Refusal reasons of the handlers that judge query parameters, in their
+// logs and metrics.
+const (
+	// refusalDuplicateKey: a parameter (or header) a decision is taken on
+	// is given more than once; the manager might read another value than
+	// the one judged.
+	refusalDuplicateKey = "duplicate_key"
+	// refusalBadQuery: a malformed escape, or a parameter name another
+	// reader may take for one decided on (see query.ErrAmbiguousKey).
+	refusalBadQuery = "bad_query"
+)
+
+// queryRefusalReason is the refusal reason for an error of the query
+// package.
+func queryRefusalReason(err error) string {
+	if errors.Is(err, query.ErrDuplicate) {
+		return refusalDuplicateKey
+	}
+	return refusalBadQuery
+}
+
+// keyRefusalText is what a client refused for its query learns.
+var keyRefusalText = map[string]string{
+	refusalDuplicateKey: "a query parameter is given more than once",
+	refusalBadQuery:     "malformed query",
+}
+
+// writeBadRequest answers 400 with a one-line body for a query refusal.
+func writeBadRequest(w http.ResponseWriter, reason string) error {
+	body := "400 Bad Request: " + keyRefusalText[reason] + "\n"
+	h := w.Header()
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	h.Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusBadRequest)
+	_, err := io.WriteString(w, body)
+	return err
 }
 
 // rotationGauges are the operator's figures on Caddy's metrics registry;
@@ -783,7 +853,10 @@ func parseAppOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //	}
 //
 // Times are RFC 3339 (2026-12-01T00:00:00Z); durations take Go units plus d
-// for days (90d). client_id takes Caddyfile shorthands ({query.hostid}).
+// for days (90d). client_id takes Caddyfile shorthands ({query.hostid});
+// the id is ASCII upper-cased, and a request naming its query parameter
+// twice has no id (see the ClientID field). heartbeat's parameter names and
+// values match ignoring ASCII case.
 // generate keeps the key in Caddy storage under the name (default: the role).
 func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next()

@@ -4,7 +4,6 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -585,38 +584,6 @@ func TestAppGaugesReportProgressWithoutClientLabels(t *testing.T) {
 			t.Errorf("%s = %v, want %v", k, got[k], v)
 		}
 	}
-}
-
-func TestQueryValueReadsLikeURLQuery(t *testing.T) {
-	tests := []struct{ raw, want string }{
-		{"action=index&hostid=H1", "H1"},
-		{"hostid=H1&hostid=H2", "H1"},
-		{"hostid=a%20b", "a b"},
-		{"hostid=a+b", "a b"},
-		{"host%69d=H3", "H3"},
-		{"hostid=%zz&hostid=H4", "H4"},
-		{"hostid;x=1&hostid=H5", "H5"},
-		{"action=index", ""},
-		{"", ""},
-		{"hostid", ""},
-	}
-	for _, tt := range tests {
-		if got := queryValue(tt.raw, "hostid"); got != tt.want {
-			t.Errorf("queryValue(%q) = %q, want %q", tt.raw, got, tt.want)
-		}
-	}
-}
-
-func FuzzQueryValue(f *testing.F) {
-	for _, s := range []string{"action=index&hostid=H1", "hostid=a%20b+c", "host%69d=x", "hostid;=1&hostid=2", "hostid=%zz"} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, raw string) {
-		q, _ := url.ParseQuery(raw)
-		if got, want := queryValue(raw, "hostid"), q.Get("hostid"); got != want {
-			t.Fatalf("queryValue(%q) = %q, url.ParseQuery says %q", raw, got, want)
-		}
-	})
 }
 
 func TestAppReloadTakesOverTheRunningProgress(t *testing.T) {

@@ -13,7 +13,6 @@ import (
 	"net"
 	"net/http"
 	"net/textproto"
-	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -30,6 +29,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/legacygate/legacygate/caddymodule/limiter"
+	"github.com/legacygate/legacygate/internal/query"
 )
 
 func init() {
@@ -47,7 +47,10 @@ func init() {
 // keys whose bucket is full again are swept, so memory stays at about
 // 42 bytes per tracked key whatever clients send. A request whose key cannot
 // be read is limited under one shared fallback key, never let through
-// unlimited.
+// unlimited. A request whose key is ambiguous (a query parameter or header
+// of the key given twice, a malformed escape) is refused with 400 and never
+// passed on. Key values are ASCII case-folded, so case variants of one host
+// id share one bucket.
 //
 // The buckets and the global ceiling's schedule survive configuration
 // reloads. They are kept in a process-wide pool (caddy.UsagePool) under the
@@ -78,7 +81,11 @@ type HeartbeatLimit struct {
 	// Key is the client's identity: placeholders (and literal text),
 	// whose values together form the key. Default {http.vars.client_ip},
 	// the client address after Caddy's trusted_proxies handling. A request
-	// where every placeholder is empty uses the fallback key.
+	// where every placeholder is empty uses the fallback key. A query
+	// placeholder ({http.request.uri.query.X} or {query.X}) must be a part
+	// of its own: it is read by legacygate's one query parser (names
+	// matched ignoring case, repeats refused), not by Caddy's replacer.
+	// Values are ASCII upper-cased before hashing.
 	Key []string `json:"key,omitempty"`
 
 	// XMLBodyElement, when set, takes the key from the text of the first
@@ -153,7 +160,8 @@ func (HeartbeatLimit) CaddyModule() caddy.ModuleInfo {
 }
 
 // Rejection reasons, the values of the metrics' reason label and of
-// {http.heartbeat_limit.reason}.
+// {http.heartbeat_limit.reason}; refusals use refusalDuplicateKey and
+// refusalBadQuery.
 const (
 	heartbeatReasonKeyed     = "keyed"
 	heartbeatReasonFallback  = "fallback"
@@ -176,7 +184,7 @@ var heartbeatMetrics = struct {
 }{
 	requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "legacygate", Subsystem: "heartbeat_limit", Name: "requests_total",
-		Help: "Requests seen by heartbeat_limit, by outcome (allowed, limited) and reason (allowed: keyed, fallback; limited: per_client, fallback, global).",
+		Help: "Requests seen by heartbeat_limit, by outcome (allowed, limited, refused) and reason (allowed: keyed, fallback; limited: per_client, fallback, global; refused: duplicate_key, bad_query).",
 	}, []string{"outcome", "reason"}),
 	tracked: prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: "legacygate", Subsystem: "heartbeat_limit", Name: "tracked_keys",
@@ -193,6 +201,7 @@ var heartbeatMetrics = struct {
 type heartbeatCounters struct {
 	allowedKeyed, allowedFallback                    prometheus.Counter
 	limitedPerClient, limitedFallback, limitedGlobal prometheus.Counter
+	refusedDuplicateKey, refusedBadQuery             prometheus.Counter
 }
 
 // Provision parses the configuration, takes the limiter state from the pool
@@ -267,6 +276,9 @@ func (h *HeartbeatLimit) provisionMetrics(ctx caddy.Context) error {
 		limitedPerClient: requests.WithLabelValues("limited", heartbeatReasonPerClient),
 		limitedFallback:  requests.WithLabelValues("limited", heartbeatReasonFallback),
 		limitedGlobal:    requests.WithLabelValues("limited", heartbeatReasonGlobal),
+
+		refusedDuplicateKey: requests.WithLabelValues("refused", refusalDuplicateKey),
+		refusedBadQuery:     requests.WithLabelValues("refused", refusalBadQuery),
 	}
 	return nil
 }
@@ -289,7 +301,11 @@ func (h *HeartbeatLimit) provisionKey() error {
 		if k == "" {
 			return errors.New("key: empty part")
 		}
-		h.parts = append(h.parts, parseHeartbeatKeyPart(k))
+		part := parseHeartbeatKeyPart(k)
+		if part.kind == heartbeatPartReplacer && query.MentionsPlaceholder(k) {
+			return fmt.Errorf("key: %q: a query placeholder must be a key part of its own, such as {query.hostid}", k)
+		}
+		h.parts = append(h.parts, part)
 	}
 	return nil
 }
@@ -615,7 +631,10 @@ func (s *heartbeatState) Destruct() error {
 // ServeHTTP passes the request on if its client's bucket and the global
 // ceiling allow it, and answers a rejection otherwise.
 func (h *HeartbeatLimit) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	key, keyed := h.clientKey(r)
+	key, keyed, err := h.clientKey(r)
+	if err != nil {
+		return h.refuse(w, r, err)
+	}
 	if h.perClient != nil {
 		ok, retry := h.allow(key)
 		if !ok {
@@ -704,6 +723,21 @@ func (h *HeartbeatLimit) reject(w http.ResponseWriter, r *http.Request, reason s
 	return err
 }
 
+// refuse answers 400 to a request whose key is ambiguous, explains it in
+// the log and counts it; such a request never reaches the manager.
+func (h *HeartbeatLimit) refuse(w http.ResponseWriter, r *http.Request, err error) error {
+	reason := queryRefusalReason(err)
+	if reason == refusalDuplicateKey {
+		h.counts.refusedDuplicateKey.Inc()
+	} else {
+		h.counts.refusedBadQuery.Inc()
+	}
+	h.logger.Info("heartbeat refused: ambiguous client key",
+		zap.String("reason", reason), zap.Error(err),
+		zap.String("remote", r.RemoteAddr), zap.String("uri", r.RequestURI))
+	return writeBadRequest(w, reason)
+}
+
 // heartbeatRetrySeconds turns a delay into whole Retry-After seconds (at
 // least 1), stretched by jitter times a random fraction u in [0, 1).
 func heartbeatRetrySeconds(delay time.Duration, jitter, u float64) int {
@@ -718,35 +752,42 @@ func heartbeatRetrySeconds(delay time.Duration, jitter, u float64) int {
 }
 
 // clientKey returns the request's key hash, and false when the key could
-// not be read and the fallback key is used.
-func (h *HeartbeatLimit) clientKey(r *http.Request) (uint64, bool) {
+// not be read and the fallback key is used. An error (a key parameter or
+// header given twice, a malformed escape) means the request is refused.
+func (h *HeartbeatLimit) clientKey(r *http.Request) (uint64, bool, error) {
 	if h.XMLBodyElement != "" {
 		value, ok := heartbeatXMLBodyKey(r, h.XMLBodyElement)
 		if !ok {
-			return h.fallback, false
+			return h.fallback, false, nil
 		}
 		var buf [128]byte
-		return h.hasher.Sum(heartbeatAppendPart(buf[:0], value)), true
+		return h.hasher.Sum(heartbeatAppendPart(buf[:0], value)), true, nil
 	}
 	var buf [256]byte
 	key := buf[:0]
 	found := false
 	for i := range h.parts {
-		value := h.parts[i].value(r)
+		value, err := h.parts[i].value(r)
+		if err != nil {
+			return 0, false, err
+		}
 		found = found || value != ""
 		key = heartbeatAppendPart(key, value)
 	}
 	if !found {
-		return h.fallback, false
+		return h.fallback, false, nil
 	}
-	return h.hasher.Sum(key), true
+	return h.hasher.Sum(key), true, nil
 }
 
 // heartbeatAppendPart appends a length-prefixed part, so that no two lists
-// of parts encode alike ("a b"+"c" differs from "a"+"b c").
+// of parts encode alike ("a b"+"c" differs from "a"+"b c"). The part is
+// ASCII upper-cased: SEPM host ids are hex GUIDs, so folding merges only a
+// client's own case variants, which would otherwise be 2^19 buckets for one
+// 32-digit id.
 func heartbeatAppendPart(key []byte, part string) []byte {
 	key = binary.AppendUvarint(key, uint64(len(part)))
-	return append(key, part...)
+	return query.AppendUpper(key, part)
 }
 
 // heartbeatKeyPart is one element of the key. The placeholders a
@@ -769,6 +810,9 @@ const (
 )
 
 func parseHeartbeatKeyPart(text string) heartbeatKeyPart {
+	if name, ok := query.Placeholder(text); ok {
+		return heartbeatKeyPart{kind: heartbeatPartQuery, name: name}
+	}
 	inner, ok := strings.CutPrefix(text, "{")
 	if ok {
 		inner, ok = strings.CutSuffix(inner, "}")
@@ -779,10 +823,6 @@ func parseHeartbeatKeyPart(text string) heartbeatKeyPart {
 			return heartbeatKeyPart{kind: heartbeatPartClientIP}
 		case inner == "http.request.remote.host" || inner == "remote_host":
 			return heartbeatKeyPart{kind: heartbeatPartRemoteHost}
-		case strings.HasPrefix(inner, "http.request.uri.query."):
-			return heartbeatKeyPart{kind: heartbeatPartQuery, name: strings.TrimPrefix(inner, "http.request.uri.query.")}
-		case strings.HasPrefix(inner, "query."):
-			return heartbeatKeyPart{kind: heartbeatPartQuery, name: strings.TrimPrefix(inner, "query.")}
 		case strings.HasPrefix(inner, "http.request.header."):
 			return heartbeatKeyPart{kind: heartbeatPartHeader, name: textproto.CanonicalMIMEHeaderKey(strings.TrimPrefix(inner, "http.request.header."))}
 		case strings.HasPrefix(inner, "header."):
@@ -792,28 +832,35 @@ func parseHeartbeatKeyPart(text string) heartbeatKeyPart {
 	return heartbeatKeyPart{kind: heartbeatPartReplacer, text: text}
 }
 
-func (p *heartbeatKeyPart) value(r *http.Request) string {
+// value reads the part from r; a query parameter or header given more than
+// once, or a malformed query, is an error.
+func (p *heartbeatKeyPart) value(r *http.Request) (string, error) {
 	switch p.kind {
 	case heartbeatPartClientIP:
 		if ip, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok {
-			return ip
+			return ip, nil
 		}
-		return heartbeatRemoteHost(r)
+		return heartbeatRemoteHost(r), nil
 	case heartbeatPartRemoteHost:
-		return heartbeatRemoteHost(r)
+		return heartbeatRemoteHost(r), nil
 	case heartbeatPartQuery:
-		return heartbeatQueryValue(r.URL.RawQuery, p.name)
+		v, _, err := query.Single(r.URL.RawQuery, p.name)
+		return v, err
 	case heartbeatPartHeader:
-		if v := r.Header[p.name]; len(v) > 0 {
-			return v[0]
+		v := r.Header[p.name]
+		switch len(v) {
+		case 0:
+			return "", nil
+		case 1:
+			return v[0], nil
 		}
-		return ""
+		return "", fmt.Errorf("header %s: %w", p.name, query.ErrDuplicate)
 	}
 	repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	if !ok {
-		return ""
+		return "", nil
 	}
-	return repl.ReplaceKnown(p.text, "")
+	return repl.ReplaceKnown(p.text, ""), nil
 }
 
 func heartbeatRemoteHost(r *http.Request) string {
@@ -822,35 +869,6 @@ func heartbeatRemoteHost(r *http.Request) string {
 		return r.RemoteAddr
 	}
 	return host
-}
-
-// heartbeatQueryValue returns the first value of name in a raw query, as
-// url.Values.Get would, without building the map.
-func heartbeatQueryValue(query, name string) string {
-	for query != "" {
-		var pair string
-		pair, query, _ = strings.Cut(query, "&")
-		k, v, _ := strings.Cut(pair, "=")
-		if heartbeatEscaped(k) {
-			unescaped, err := url.QueryUnescape(k)
-			if err != nil {
-				continue
-			}
-			k = unescaped
-		}
-		if k != name {
-			continue
-		}
-		if heartbeatEscaped(v) {
-			unescaped, err := url.QueryUnescape(v)
-			if err != nil {
-				continue
-			}
-			v = unescaped
-		}
-		return v
-	}
-	return ""
 }
 
 // heartbeatXMLBodyKey reads the text of the first element named element
@@ -870,16 +888,6 @@ func heartbeatXMLBodyKey(r *http.Request, element string) (string, bool) {
 		return "", false
 	}
 	return limiter.XMLElementText(prefix, element)
-}
-
-// heartbeatEscaped reports whether a query component needs unescaping.
-func heartbeatEscaped(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] == '%' || s[i] == '+' {
-			return true
-		}
-	}
-	return false
 }
 
 // heartbeatReplayBody is a body whose first bytes were read and put back.
@@ -908,6 +916,17 @@ type heartbeatReplayBody struct {
 //	        storage   <module> { … }
 //	    }
 //	}
+//
+// key values are ASCII upper-cased before hashing: SEPM host ids are hex
+// digits or GUIDs, so folding merges only one client's own case variants
+// (HOSTID=ab and hostid=AB share a bucket) instead of giving a client 2^19
+// buckets for one 32-digit id. A query placeholder in key ({query.X}) must
+// be a key part of its own; its parameter name matches ignoring case and
+// after decoding, and a request that names X twice (hostid=A&HostId=B), or
+// carries a key header twice, or has a malformed escape in X, is refused
+// with 400 (reason duplicate_key or bad_query in the log and in
+// legacygate_heartbeat_limit_requests_total{outcome="refused"}) and never
+// reaches the manager, which might read the other value.
 //
 // For example, for a SEPM-style manager, one client being a host id seen
 // from one address:

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -14,6 +15,8 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+
+	"github.com/legacygate/legacygate/internal/query"
 )
 
 func init() {
@@ -45,6 +48,14 @@ const defaultBridgeMaxBody = 64 << 10
 // over max_body are refused always. Each heartbeat it sees is reported to
 // the app as seen on plaintext, so the operator knows who still uses it.
 // Every refusal is logged with its reason and counted by reason.
+//
+// A request that names a query parameter the bridge decides on more than
+// once (one in its migration or upload rules, the app's heartbeat
+// parameters, or the app's client_id parameter), or with a malformed
+// escape, is refused with 400 (duplicate_key, bad_query) before anything
+// else: ?action=index&action=log is a log upload to a manager that reads the
+// last value, whatever the first one says. Parameter names and values are
+// matched ignoring ASCII case.
 type PlaintextBridge struct {
 	// Allow lists the paths passed on while the window is open. Matched
 	// case-insensitively; a trailing * matches any rest.
@@ -66,6 +77,7 @@ type PlaintextBridge struct {
 	MaxBody int64 `json:"max_body,omitempty"`
 
 	app       *App
+	keys      []string // the query parameters decided on
 	allow     []requestMatcher
 	migration []requestMatcher
 	uploads   []requestMatcher
@@ -81,7 +93,8 @@ func (PlaintextBridge) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Reasons, the values of the metric's reason label.
+// Reasons, the values of the metric's reason label, with
+// refusalDuplicateKey and refusalBadQuery.
 const (
 	bridgeWindowOpen     = "window_open"
 	bridgeMigration      = "migration"
@@ -129,6 +142,14 @@ func (b *PlaintextBridge) provision(ctx caddy.Context, app *App) error {
 	for _, s := range uploads {
 		b.uploads = append(b.uploads, newRequestMatcher(s))
 	}
+	for _, m := range slices.Concat(b.migration, b.uploads) {
+		for _, k := range m.keys() {
+			b.keys = appendKey(b.keys, k)
+		}
+	}
+	for _, k := range app.decisionKeys() {
+		b.keys = appendKey(b.keys, k)
+	}
 	var err error
 	b.results, err = registerCollector(ctx.GetMetricsRegistry(), plaintextBridgeResults)
 	return err
@@ -173,24 +194,29 @@ func (b *PlaintextBridge) Validate() error {
 
 // ServeHTTP passes the request on or refuses it.
 func (b *PlaintextBridge) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	for _, k := range b.keys {
+		if _, _, err := query.Single(r.URL.RawQuery, k); err != nil {
+			return b.refuse(w, r, http.StatusBadRequest, queryRefusalReason(err), err)
+		}
+	}
 	b.app.observeHeartbeat(r, true)
 	if matchAny(b.uploads, r) {
-		return b.refuse(w, r, http.StatusForbidden, bridgeLogUpload)
+		return b.refuse(w, r, http.StatusForbidden, bridgeLogUpload, nil)
 	}
 	if r.ContentLength > b.MaxBody {
-		return b.refuse(w, r, http.StatusRequestEntityTooLarge, bridgeBodyTooLarge)
+		return b.refuse(w, r, http.StatusRequestEntityTooLarge, bridgeBodyTooLarge, nil)
 	}
 	reason := b.decide(r)
 	switch reason {
 	case bridgeWindowOpen, bridgeMigration:
 	case bridgePathNotAllowed:
-		return b.refuse(w, r, http.StatusForbidden, reason)
+		return b.refuse(w, r, http.StatusForbidden, reason, nil)
 	default:
 		status := http.StatusUpgradeRequired
 		if b.OutsideWindow == outside403 {
 			status = http.StatusForbidden
 		}
-		return b.refuse(w, r, status, reason)
+		return b.refuse(w, r, status, reason, nil)
 	}
 	if r.Body != nil && r.Body != http.NoBody {
 		// A body of unknown length is cut at max_body.
@@ -214,26 +240,44 @@ func (b *PlaintextBridge) decide(r *http.Request) string {
 	return bridgeOutsideWindow
 }
 
+// appendKey appends k to keys unless it is there, ignoring ASCII case.
+func appendKey(keys []string, k string) []string {
+	if slices.ContainsFunc(keys, func(x string) bool { return query.EqualFold(x, k) }) {
+		return keys
+	}
+	return append(keys, k)
+}
+
+// matchAny reports whether one of ms matches r. ServeHTTP has refused every
+// request on which a matcher could fail (a rule's parameter twice or
+// malformed), so a failure here is no match.
 func matchAny(ms []requestMatcher, r *http.Request) bool {
 	for _, m := range ms {
-		if m.match(r) {
+		if ok, err := m.match(r); ok && err == nil {
 			return true
 		}
 	}
 	return false
 }
 
-// refuse answers status with a one-line body, logs why and counts it. 426
-// names the protocol to move to (RFC 9110 15.5.22, RFC 2817).
-func (b *PlaintextBridge) refuse(w http.ResponseWriter, r *http.Request, status int, reason string) error {
+// refuse answers status with a one-line body, logs why (with err, if any)
+// and counts it. 426 names the protocol to move to (RFC 9110 15.5.22, RFC
+// 2817).
+func (b *PlaintextBridge) refuse(w http.ResponseWriter, r *http.Request, status int, reason string, err error) error {
 	b.results.WithLabelValues("refused", reason).Inc()
-	b.logger.Info("plaintext request refused",
+	client, _ := b.app.clientID(r)
+	fields := []zap.Field{
 		zap.String("reason", reason),
 		zap.Int("status", status),
 		zap.String("method", r.Method),
 		zap.String("path", r.URL.Path),
-		zap.String("client", b.app.clientID(r)),
-		zap.String("remote", r.RemoteAddr))
+		zap.String("client", client),
+		zap.String("remote", r.RemoteAddr),
+	}
+	if err != nil {
+		fields = append(fields, zap.Error(err))
+	}
+	b.logger.Info("plaintext request refused", fields...)
 	h := w.Header()
 	if status == http.StatusUpgradeRequired {
 		h.Set("Upgrade", "TLS/1.2")
@@ -244,8 +288,8 @@ func (b *PlaintextBridge) refuse(w http.ResponseWriter, r *http.Request, status 
 	h.Set("Content-Length", strconv.Itoa(len(body)))
 	h.Set("Cache-Control", "no-store")
 	w.WriteHeader(status)
-	_, err := io.WriteString(w, body)
-	return err
+	_, werr := io.WriteString(w, body)
+	return werr
 }
 
 var bridgeRefusalText = map[string]string{
@@ -253,6 +297,8 @@ var bridgeRefusalText = map[string]string{
 	bridgeLogUpload:      "log uploads are not accepted over plain HTTP",
 	bridgeBodyTooLarge:   "request body too large for plain HTTP",
 	bridgeOutsideWindow:  "use HTTPS",
+	refusalDuplicateKey:  keyRefusalText[refusalDuplicateKey],
+	refusalBadQuery:      keyRefusalText[refusalBadQuery],
 }
 
 func parsePlaintextBridge(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
@@ -273,8 +319,10 @@ func parsePlaintextBridge(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, 
 //
 // allow, migration and upload may be repeated. A path matches
 // case-insensitively, a trailing * matches any rest; every <param>=<value>
-// must be in the query. upload replaces the default
-// (/secars/secars.dll action=log).
+// must be in the query, once, name and value matched ignoring ASCII case.
+// upload replaces the default (/secars/secars.dll action=log). A request
+// naming any of these parameters, or the legacygate app's heartbeat or
+// client_id parameters, more than once is refused with 400.
 func (b *PlaintextBridge) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next()
 	if d.NextArg() {
