@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -207,6 +208,16 @@ func (s *secGateway) rawHTTPRequest(t *testing.T, req string) secResponse {
 // "h3"); the client never decompresses, so body is what went on the wire.
 func (s *secGateway) get(t *testing.T, proto, target string) secResponse {
 	t.Helper()
+	r, err := s.tryGet(t, proto, target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// tryGet is get returning the error, for requests expected to fail.
+func (s *secGateway) tryGet(t *testing.T, proto, target string) (secResponse, error) {
+	t.Helper()
 	tlsCfg := &tls.Config{RootCAs: s.roots, ServerName: "localhost"}
 	port := strconv.Itoa(s.g.HTTPSPort)
 	var rt http.RoundTripper
@@ -233,32 +244,32 @@ func (s *secGateway) get(t *testing.T, proto, target string) secResponse {
 		defer tr.Close()
 		rt = tr
 	default:
-		t.Fatalf("unknown protocol %q", proto)
+		return secResponse{}, fmt.Errorf("unknown protocol %q", proto)
 	}
 	req, err := http.NewRequest(http.MethodGet, "https://localhost:"+port+target, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	req.Header.Set("User-Agent", "Smc")
-	client := &http.Client{Transport: rt, Timeout: 10 * time.Second,
+	client := &http.Client{Transport: rt, Timeout: 5 * time.Second,
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	resp, err := client.Do(req)
 	if err != nil {
-		t.Fatalf("%s GET %s: %v", proto, target, err)
+		return secResponse{}, fmt.Errorf("%s GET %s: %w", proto, target, err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
 	if err != nil {
-		t.Fatalf("%s GET %s: reading: %v", proto, target, err)
+		return secResponse{}, fmt.Errorf("%s GET %s: reading: %w", proto, target, err)
 	}
-	return secResponse{resp.Proto, resp.StatusCode, resp.Header, body}
+	return secResponse{resp.Proto, resp.StatusCode, resp.Header, body}, nil
 }
 
 // checkNoLeak fails when an answer carries a banner or a header that
 // describes the gateway or the manager.
 func checkNoLeak(t *testing.T, r secResponse) {
 	t.Helper()
-	for _, h := range []string{"Server", "Via", "X-Powered-By", "X-AspNet-Version", "X-AspNetMvc-Version", "MicrosoftOfficeWebServer", "Set-Cookie", "X-SourceFiles"} {
+	for _, h := range []string{"Server", "Via", "X-Powered-By", "X-AspNet-Version", "X-AspNetMvc-Version", "MicrosoftOfficeWebServer", "Set-Cookie", "X-SourceFiles", "Alt-Svc"} {
 		if v, ok := r.header[http.CanonicalHeaderKey(h)]; ok {
 			t.Errorf("%s answer %d carries %s: %q", r.proto, r.status, h, v)
 		}
@@ -340,6 +351,9 @@ func TestWindowsEquivalentPathsNeverReachTheManager(t *testing.T) {
 			s.checkNothingSent(t)
 		})
 	}
+	s.g.WaitLog(t, 5*time.Second, `"manager request refused"`, `"reason":"backslash"`, `"status":400`)
+	s.g.WaitLog(t, 5*time.Second, `"manager request refused"`, `"reason":"short_name"`)
+	s.g.WaitLog(t, 5*time.Second, `"manager request refused"`, `"reason":"path_not_allowed"`, `"status":404`)
 
 	// The listed paths in other spellings are judged and forwarded in one
 	// spelling: the listed one.
@@ -349,7 +363,9 @@ func TestWindowsEquivalentPathsNeverReachTheManager(t *testing.T) {
 		{"listed spelling", "/secars/secars.dll?action=index&hostid=" + secHostID, "/secars/secars.dll?action=index&hostid=" + secHostID},
 		{"upper case", "/SECARS/SECARS.DLL?hello,secars", "/secars/secars.dll?hello,secars"},
 		{"encoded letters", "/secars/secar%73.dll?hello,secars", "/secars/secars.dll?hello,secars"},
-		{"definitions under the listed prefix", "/CONTENT/{535CB6A4-441F-4e8a-A897-804CD859100E}/190101001/full.zip", "/content/{535CB6A4-441F-4e8a-A897-804CD859100E}/190101001/full.zip"},
+		// Braces leave the gateway percent-encoded (Go's one escaping of a
+		// path); the manager decodes them once, as it must.
+		{"definitions under the listed prefix", "/CONTENT/{535CB6A4-441F-4e8a-A897-804CD859100E}/190101001/full.zip", "/content/%7B535CB6A4-441F-4e8a-A897-804CD859100E%7D/190101001/full.zip"},
 	}
 	for _, tc := range passed {
 		t.Run(tc.name, func(t *testing.T) {
@@ -396,7 +412,9 @@ func TestOnlyListedMethodsAndBodiesReachTheManager(t *testing.T) {
 		{"OPTIONS chunked", head("OPTIONS", agent, "Transfer-Encoding: chunked\r\n") + "\r\n5\r\nhello\r\n0\r\n\r\n", []int{400, 405}, ""},
 		{"HEAD with a body", head("HEAD", "/content/x/1/full.zip", "Content-Length: 5\r\n") + "\r\nhello", []int{400, 405}, ""},
 		{"POST chunked", head("POST", agent, "Transfer-Encoding: chunked\r\n") + "\r\n5\r\nhello\r\n0\r\n\r\n", []int{411}, ""},
-		{"two Content-Length fields", head("POST", agent, "Content-Length: 5\r\nContent-Length: 5\r\n") + "\r\nhello", []int{400}, ""},
+		{"two different Content-Length fields", head("POST", agent, "Content-Length: 5\r\nContent-Length: 6\r\n") + "\r\nhello!", []int{400}, ""},
+		{"two Content-Type fields", head("POST", agent, "Content-Length: 5\r\nContent-Type: text/plain\r\nContent-Type: text/xml\r\n") + "\r\nhello", []int{400}, ""},
+		{"two Transfer-Encoding fields", head("POST", agent, "Transfer-Encoding: identity\r\nTransfer-Encoding: chunked\r\n") + "\r\n5\r\nhello\r\n0\r\n\r\n", []int{400, 411, 501}, ""},
 		{"two Host fields", "GET " + agent + " HTTP/1.1\r\nHost: localhost\r\nHost: manager.internal\r\n\r\n", []int{400}, ""},
 	}
 	for _, tc := range tests {
@@ -415,6 +433,17 @@ func TestOnlyListedMethodsAndBodiesReachTheManager(t *testing.T) {
 			s.checkNothingSent(t)
 		})
 	}
+
+	t.Run("one Content-Length repeated identically reaches the manager once", func(t *testing.T) {
+		s.up.Reset()
+		r := s.rawRequest(t, head("POST", agent, "Content-Length: 5\r\nContent-Length: 5\r\n")+"\r\nhello")
+		if r.status != http.StatusOK {
+			t.Fatalf("status %d (%q), want 200", r.status, r.body)
+		}
+		if got := s.onlyRequest(t); len(got.Header("Content-Length")) != 1 || string(got.Body) != "hello" {
+			t.Fatalf("the manager received Content-Length %q and body %q, want one field and hello", got.Header("Content-Length"), got.Body)
+		}
+	})
 
 	t.Run("log upload reaches the manager with its body", func(t *testing.T) {
 		s.up.Reset()
@@ -460,7 +489,7 @@ func checkNoProfile(t *testing.T, body []byte) {
 // TestRepeatedOrForeignContentEncodingNeverDeliversAnUnsignedProfile: a
 // manager answer that hides a gzipped, unsigned <Profile> behind repeated or
 // non-identity Content-Encoding fields gets the client a 502, never the
-// Profile, over HTTP/1.1, HTTP/2 and HTTP/3.
+// Profile, over HTTP/1.1 and HTTP/2; HTTP/3 is not offered at all.
 func TestRepeatedOrForeignContentEncodingNeverDeliversAnUnsignedProfile(t *testing.T) {
 	s := startSecGateway(t)
 	profile := []byte(`<?xml version="1.0"?><Profile SerialNumber="EVIL"><Setting Name="AutoProtect" Value="0"/></Profile>`)
@@ -478,7 +507,7 @@ func TestRepeatedOrForeignContentEncodingNeverDeliversAnUnsignedProfile(t *testi
 	}
 	target := "/secars/secars.dll?action=profile&hostid=" + secHostID
 	for _, a := range answers {
-		for _, proto := range []string{"HTTP/1.1", "h2", "h3"} {
+		for _, proto := range []string{"HTTP/1.1", "h2"} {
 			t.Run(a.name+" over "+proto, func(t *testing.T) {
 				s.setAnswer(t, harness.RawAnswer("200 OK", a.headers, a.body))
 				s.up.Reset()
@@ -499,6 +528,14 @@ func TestRepeatedOrForeignContentEncodingNeverDeliversAnUnsignedProfile(t *testi
 			})
 		}
 	}
+
+	t.Run("HTTP/3 is not offered", func(t *testing.T) {
+		s.up.Reset()
+		if r, err := s.tryGet(t, "h3", target); err == nil {
+			t.Fatalf("an HTTP/3 request was answered: %d %q", r.status, r.body)
+		}
+		s.checkNothingSent(t)
+	})
 }
 
 // TestDecisionKeysHaveOneValueAndOneSpelling: a request naming a decision key
@@ -642,9 +679,9 @@ func TestAnswersLeakNothing(t *testing.T) {
 		{"port-80 redirect", func(t *testing.T) secResponse {
 			return s.rawHTTPRequest(t, "GET /secars/secars.dll?hello,secars HTTP/1.1\r\nHost: evil.example\r\n\r\n")
 		}, 308},
-		{"port-80 path outside the protocol", func(t *testing.T) secResponse {
-			return s.rawHTTPRequest(t, "GET /servlet/ConsoleServlet HTTP/1.1\r\nHost: evil.example\r\n\r\n")
-		}, 404},
+		{"port-80 redirect of an absolute-form request", func(t *testing.T) secResponse {
+			return s.rawHTTPRequest(t, "GET http://evil.example/secars/secars.dll?hello,secars HTTP/1.1\r\nHost: evil.example\r\n\r\n")
+		}, 308},
 	}
 	for _, tc := range own {
 		t.Run(tc.name, func(t *testing.T) {
