@@ -585,6 +585,8 @@ func TestPolicyGuardCaddyfileSyntax(t *testing.T) {
 			ignore_expiry
 			max_size 16MiB
 			cache_size 1MB
+			allow_non_xml text/plain
+			allow_non_xml application/json
 			rewrite {
 				addresses gw.example.com
 				https_port 443
@@ -592,13 +594,15 @@ func TestPolicyGuardCaddyfileSyntax(t *testing.T) {
 		}`, PolicyGuard{
 			UpstreamCerts: []string{"/m.crt", "/m-next.crt", "/m-old.crt"}, SigningKeyFile: "/g.key", SigningCertFile: "/g.crt",
 			Roots: []string{"Profile", "ServerSettings"}, AllowSHA1: true, IgnoreExpiry: true, MaxSize: 16 << 20, CacheSize: 1000000,
-			Rewrite: &GuardRewrite{Rules: rewrite.Rules{Addresses: []string{"gw.example.com"}, HTTPSPort: 443}},
+			AllowNonXML: []string{"text/plain", "application/json"},
+			Rewrite:     &GuardRewrite{Rules: rewrite.Rules{Addresses: []string{"gw.example.com"}, HTTPSPort: 443}},
 		}, ""},
 		{"signing_key with one file", "policy_guard {\nsigning_key /g.key\n}", PolicyGuard{}, "signing_key"},
 		{"unknown rewrite subdirective", "policy_guard {\nrewrite {\nservers x\n}\n}", PolicyGuard{}, "servers"},
 		{"bad max_size", "policy_guard {\nmax_size lots\n}", PolicyGuard{}, "max_size"},
 		{"zero cache_size", "policy_guard {\ncache_size 0\n}", PolicyGuard{}, "cache_size"},
 		{"empty roots", "policy_guard {\nroots\n}", PolicyGuard{}, "roots"},
+		{"empty allow_non_xml", "policy_guard {\nallow_non_xml\n}", PolicyGuard{}, "allow_non_xml"},
 		{"allow_sha1 with a value", "policy_guard {\nallow_sha1 yes\n}", PolicyGuard{}, "allow_sha1"},
 		{"unknown subdirective", "policy_guard {\nupstream /x\n}", PolicyGuard{}, "upstream"},
 		{"inline argument", "policy_guard /x.crt", PolicyGuard{}, "argument"},
