@@ -783,8 +783,8 @@ func (h *HeartbeatLimit) clientKey(r *http.Request) (uint64, bool, error) {
 // heartbeatAppendPart appends a length-prefixed part, so that no two lists
 // of parts encode alike ("a b"+"c" differs from "a"+"b c"). The part is
 // ASCII upper-cased: SEPM host ids are hex GUIDs, so folding merges only a
-// client's own case variants, which would otherwise be 2^19 buckets for one
-// 32-digit id.
+// client's own case variants, which would otherwise give one id with n
+// letters 2^n buckets.
 func heartbeatAppendPart(key []byte, part string) []byte {
 	key = binary.AppendUvarint(key, uint64(len(part)))
 	return query.AppendUpper(key, part)
@@ -919,8 +919,8 @@ type heartbeatReplayBody struct {
 //
 // key values are ASCII upper-cased before hashing: SEPM host ids are hex
 // digits or GUIDs, so folding merges only one client's own case variants
-// (HOSTID=ab and hostid=AB share a bucket) instead of giving a client 2^19
-// buckets for one 32-digit id. A query placeholder in key ({query.X}) must
+// (HOSTID=ab and hostid=AB share a bucket) instead of giving an id with n
+// letters 2^n buckets. A query placeholder in key ({query.X}) must
 // be a key part of its own; its parameter name matches ignoring case and
 // after decoding, and a request that names X twice (hostid=A&HostId=B), or
 // carries a key header twice, or has a malformed escape in X, is refused

@@ -11,7 +11,9 @@ import (
 	"fmt"
 	"hash/maphash"
 	"io"
+	"mime"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -50,15 +52,20 @@ const (
 // receives the payload signed by the gateway's key, with Content-Length and
 // ETag computed from those bytes. Refused with a 502, with nothing of the
 // manager's response reaching the client: a listed root without a valid
-// signature, a body cut short, over max_size, compressed although identity
-// was asked for, a partial (206) response, UTF-16 or UTF-32 text, or XML
-// whose prolog cannot be read to its root element.
+// signature, a body cut short, over max_size, with any Content-Encoding but
+// a single identity (identity was asked for), a partial (206) response,
+// UTF-16 or UTF-32 text, XML whose prolog cannot be read to its root
+// element, and a body that is not XML (see AllowNonXML). Whether a body is
+// XML is decided by its bytes, never by its Content-Type. An answer of any
+// status that repeats Content-Encoding, Content-Type, Content-Length or
+// Transfer-Encoding is refused too: a client may read it differently.
 //
 // Passed through unchanged: non-2xx responses (a client never applies a policy
-// from an error), responses without a body (204, 205, 304), bodies that are
-// not XML (their first byte after whitespace is not '<'), and XML whose root
-// is not listed, such as the unsigned index document at the same path (with
-// a rewrite block, the index's settings serial gets a suffix; see IndexSerial).
+// from an error), responses without a body (204, 205, 304, or an empty 2xx
+// body), non-XML bodies of a media type listed in AllowNonXML, and XML whose
+// root is not listed, such as the unsigned index document at the same path
+// (with a rewrite block, the index's settings serial gets a suffix; see
+// IndexSerial).
 type PolicyGuard struct {
 	// UpstreamCerts are PEM files holding the manager certificates whose keys
 	// may sign policy payloads. List the current and the next certificate
@@ -98,12 +105,20 @@ type PolicyGuard struct {
 	// (see GuardRewrite). Nil: payloads are re-signed unchanged.
 	Rewrite *GuardRewrite `json:"rewrite,omitempty"`
 
-	pipeline  resigner
-	heartbeat func(*http.Request) // tells the legacygate app of each request; nil without the app
-	index     *indexSerial        // rewrites the index's settings serial; nil without rewrite
-	pinned    []string
-	logger    *zap.Logger
-	results   *prometheus.CounterVec
+	// AllowNonXML lists the media types (type/subtype, such as text/plain)
+	// of the 2xx answers in scope that may pass although their body is not
+	// XML, such as the "OK" of a reachability probe or a log upload. A body
+	// that is XML is judged as XML whatever its Content-Type says. Empty: a
+	// non-empty 2xx body that is not XML is refused.
+	AllowNonXML []string `json:"allow_non_xml,omitempty"`
+
+	allowNonXML []string // AllowNonXML, lower-cased
+	pipeline    resigner
+	heartbeat   func(*http.Request) // tells the legacygate app of each request; nil without the app
+	index       *indexSerial        // rewrites the index's settings serial; nil without rewrite
+	pinned      []string
+	logger      *zap.Logger
+	results     *prometheus.CounterVec
 }
 
 // CaddyModule returns the Caddy module information.
@@ -156,6 +171,7 @@ const (
 	reasonXMLEncoding     = "xml_encoding"
 	reasonSignFailed      = "sign_failed"
 	reasonNoSigner        = "no_signer"
+	reasonDuplicateHeader = "duplicate_header"
 
 	reasonAwaitingConfirmation = "awaiting_confirmation"
 )
@@ -187,6 +203,9 @@ func (g *PolicyGuard) Provision(ctx caddy.Context) error {
 		g.CacheSize = defaultPolicyCacheSize
 	}
 	var err error
+	if g.allowNonXML, err = normalizeMediaTypes("policy_guard: allow_non_xml", g.AllowNonXML); err != nil {
+		return err
+	}
 	if g.results, err = registerCollector(ctx.GetMetricsRegistry(), policyGuardMetrics.results); err != nil {
 		return err
 	}
@@ -397,6 +416,9 @@ func (g *PolicyGuard) Validate() error {
 			return fmt.Errorf("policy_guard: roots: %q is not an element name", root)
 		}
 	}
+	if _, err := normalizeMediaTypes("policy_guard: allow_non_xml", g.AllowNonXML); err != nil {
+		return err
+	}
 	if g.Rewrite != nil {
 		return g.Rewrite.validate(g.Roots)
 	}
@@ -416,6 +438,8 @@ func (g *PolicyGuard) ServeHTTP(w http.ResponseWriter, r *http.Request, next cad
 
 	aborted, err := serveNext(rec, up, next)
 	switch {
+	case rec.ambiguous != nil:
+		return g.refuse(w, r, rec, &refusal{reasonDuplicateHeader, rec.ambiguous})
 	case !rec.wroteHeader || rec.stream:
 		if aborted {
 			panic(http.ErrAbortHandler)
@@ -442,17 +466,16 @@ func (g *PolicyGuard) finish(w http.ResponseWriter, r *http.Request, rec *guardR
 	if err != nil {
 		return g.refuse(w, r, rec, err)
 	}
+	if root == nil {
+		return g.passNonXML(w, r, rec, body, ifNoneMatch)
+	}
 	if !g.listed(root) {
 		if g.index.matches(root) {
 			if done, err := g.rewriteIndex(w, r, rec, body); done {
 				return err
 			}
 		}
-		reason := reasonUnlistedRoot
-		if root == nil {
-			reason = reasonNotXML
-		}
-		g.count(resultPassed, reason)
+		g.count(resultPassed, reasonUnlistedRoot)
 		copyResponseHeader(w.Header(), rec.header)
 		return writeResponse(w, r, rec.status, body, ifNoneMatch)
 	}
@@ -474,6 +497,21 @@ func (g *PolicyGuard) finish(w http.ResponseWriter, r *http.Request, rec *guardR
 	return writeResponse(w, r, rec.status, out.body, ifNoneMatch)
 }
 
+// passNonXML forwards an empty body, or a body that is not XML when its
+// media type is listed in allow_non_xml, and refuses any other.
+func (g *PolicyGuard) passNonXML(w http.ResponseWriter, r *http.Request, rec *guardRecorder, body []byte, ifNoneMatch string) error {
+	reason := reasonNotXML
+	switch {
+	case len(body) == 0:
+		reason = reasonNoBody
+	case !mediaTypeListed(rec.header, g.allowNonXML):
+		return g.refuse(w, r, rec, &refusal{reasonNotXML, fmt.Errorf("a %d-byte body that is not XML, Content-Type %q not listed in allow_non_xml", len(body), rec.header.Get("Content-Type"))})
+	}
+	g.count(resultPassed, reason)
+	copyResponseHeader(w.Header(), rec.header)
+	return writeResponse(w, r, rec.status, body, ifNoneMatch)
+}
+
 // staleAfterResign are the manager's headers that describe bytes the client
 // no longer receives. Last-Modified goes too: the re-signed payload changes
 // when the gateway's key changes, not only when the manager's does, and the
@@ -488,8 +526,8 @@ func checkBuffered(rec *guardRecorder, body []byte) error {
 	if rec.status == http.StatusPartialContent {
 		return &refusal{reasonPartialContent, errors.New("manager answered 206 Partial Content although no range was asked")}
 	}
-	if ce := rec.header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
-		return &refusal{reasonContentEncoding, fmt.Errorf("manager sent Content-Encoding %q although identity was asked", ce)}
+	if err := identityEncoded(rec.header); err != nil {
+		return &refusal{reasonContentEncoding, err}
 	}
 	var digits [20]byte
 	if cl := rec.header.Get("Content-Length"); cl != "" && cl != string(strconv.AppendInt(digits[:0], int64(len(body)), 10)) {
@@ -535,6 +573,9 @@ func (g *PolicyGuard) refuse(w http.ResponseWriter, r *http.Request, rec *guardR
 		zap.Strings("pinned", g.pinned),
 		zap.Strings("seen", documentCertificates(rec.buf.Bytes())),
 		zap.Error(err),
+	}
+	if name := headerName(err); name != "" {
+		fields = append(fields, zap.String("header", name))
 	}
 	g.logger.Warn("policy payload refused", fields...)
 
@@ -655,6 +696,129 @@ func copyResponseHeader(dst, src http.Header) {
 	}
 }
 
+// singletonHeaders may appear at most once in a manager answer. Two lines of
+// one of them (Content-Encoding: identity, then gzip) are read one way by
+// the gateway and another way by a client, so such an answer is refused.
+var singletonHeaders = [...]string{"Content-Encoding", "Content-Type", "Content-Length", "Transfer-Encoding"}
+
+// headerError names the manager header that made an answer ambiguous; the
+// refusal's log line carries the name in its own field.
+type headerError struct {
+	name   string
+	values []string
+	what   string
+}
+
+// Bounds on what a headerError puts in a log line.
+const (
+	maxLoggedHeaderValues = 4
+	maxLoggedHeaderValue  = 64
+)
+
+func (e *headerError) Error() string {
+	shown := e.values[:min(len(e.values), maxLoggedHeaderValues)]
+	quoted := make([]string, len(shown))
+	for i, v := range shown {
+		if len(v) > maxLoggedHeaderValue {
+			v = v[:maxLoggedHeaderValue] + "…"
+		}
+		quoted[i] = strconv.Quote(v)
+	}
+	return fmt.Sprintf("%s: %s (%d lines: %s)", e.name, e.what, len(e.values), strings.Join(quoted, ", "))
+}
+
+// headerName is the name of the header err is about, "" when none.
+func headerName(err error) string {
+	if he, ok := errors.AsType[*headerError](err); ok {
+		return he.name
+	}
+	return ""
+}
+
+// headerValues gathers the lines of the header name under any spelling of
+// its key: a map filled by hand may hold "content-encoding" beside
+// "Content-Encoding", and both would be written to the client.
+func headerValues(h http.Header, name string) []string {
+	var values []string
+	for k, vs := range h {
+		if len(k) == len(name) && strings.EqualFold(k, name) {
+			values = append(values, vs...)
+		}
+	}
+	return values
+}
+
+// repeatedSingleton refuses an answer that carries one of singletonHeaders
+// on more than one line.
+func repeatedSingleton(h http.Header) error {
+	for _, name := range singletonHeaders {
+		if values := headerValues(h, name); len(values) > 1 {
+			return &headerError{name: name, values: values, what: "repeated, it may appear once"}
+		}
+	}
+	return nil
+}
+
+// identityEncoded accepts an answer without Content-Encoding or with exactly
+// one line that says identity. Anything else (gzip, an empty value, a list
+// such as "identity, gzip") names bytes the gateway would judge encoded one
+// way and the client decode another, although identity was asked for.
+func identityEncoded(h http.Header) error {
+	values := headerValues(h, "Content-Encoding")
+	if len(values) == 0 || (len(values) == 1 && strings.EqualFold(strings.TrimSpace(values[0]), "identity")) {
+		return nil
+	}
+	return &headerError{name: "Content-Encoding", values: values, what: "not identity, although identity was asked"}
+}
+
+// plainXML reports whether body is XML by its bytes alone: after a UTF-8
+// byte order mark and whitespace, it starts with '<'. The Content-Type the
+// manager chose plays no part: an unsigned <Profile> labelled text/plain is
+// still a Profile to a client. UTF-16 and UTF-32 text is an error, since a
+// client's parser could read a policy there that this test does not see.
+func plainXML(body []byte) (bool, error) {
+	b := bytes.TrimPrefix(body, []byte("\xef\xbb\xbf"))
+	if len(b) >= 2 && (b[0] == 0 || b[1] == 0 || (b[0] == 0xfe && b[1] == 0xff) || (b[0] == 0xff && b[1] == 0xfe)) {
+		return false, &refusal{reasonXMLEncoding, errors.New("body is UTF-16 or UTF-32")}
+	}
+	i := skipSpace(b, 0)
+	return i < len(b) && b[i] == '<', nil
+}
+
+// normalizeMediaTypes checks the media types of an allow_non_xml list and
+// returns them lower-cased; field prefixes the error, e.g.
+// "policy_guard: allow_non_xml".
+func normalizeMediaTypes(field string, list []string) ([]string, error) {
+	out := make([]string, 0, len(list))
+	for _, s := range list {
+		mediaType, params, err := mime.ParseMediaType(s)
+		typ, sub, ok := strings.Cut(mediaType, "/")
+		if err != nil || len(params) > 0 || !ok || typ == "" || sub == "" || strings.ContainsAny(mediaType, "*") || strings.Count(mediaType, "/") != 1 {
+			return nil, fmt.Errorf("%s: %q is not a media type (want type/subtype, without parameters or wildcards)", field, s)
+		}
+		out = append(out, mediaType)
+	}
+	return out, nil
+}
+
+// mediaTypeListed reports whether the answer's Content-Type names one of
+// the (lower-cased) media types in list. A missing or unreadable
+// Content-Type is never listed.
+func mediaTypeListed(h http.Header, list []string) bool {
+	if len(list) == 0 {
+		return false
+	}
+	values := headerValues(h, "Content-Type")
+	if len(values) != 1 {
+		return false
+	}
+	mediaType, _, err := mime.ParseMediaType(values[0])
+	if err != nil {
+		return false
+	}
+	return slices.Contains(list, mediaType)
+}
+
 // guardRecorder holds the manager's response until it has been judged. 2xx
 // responses are buffered with their headers; anything else is streamed
 // straight to the client (stream), headers copied when the status is written.
@@ -667,9 +831,13 @@ type guardRecorder struct {
 	wroteHeader bool
 	stream      bool
 	tooLarge    bool
+	ambiguous   error // a repeated singleton header: nothing is forwarded
 }
 
-var errTooLarge = errors.New("policy_guard: response body over max_size")
+var (
+	errTooLarge  = errors.New("policy_guard: response body over max_size")
+	errAmbiguous = errors.New("policy_guard: response refused for a repeated singleton header")
+)
 
 // Buffers over this capacity are dropped instead of pooled, so one large
 // payload does not pin its memory for the life of the process.
@@ -705,7 +873,8 @@ func (rec *guardRecorder) Header() http.Header {
 }
 
 // WriteHeader decides, by status, between buffering and streaming.
-// Informational responses other than 101 are not forwarded.
+// Informational responses other than 101 are not forwarded. An answer of
+// any status with a repeated singleton header is neither: it is refused.
 func (rec *guardRecorder) WriteHeader(status int) {
 	if rec.wroteHeader {
 		return
@@ -714,6 +883,9 @@ func (rec *guardRecorder) WriteHeader(status int) {
 		return
 	}
 	rec.status, rec.wroteHeader = status, true
+	if rec.ambiguous = repeatedSingleton(rec.header); rec.ambiguous != nil {
+		return
+	}
 	if bufferStatus(status) {
 		rec.reserve()
 		return
@@ -747,6 +919,9 @@ func (rec *guardRecorder) reserve() {
 
 func (rec *guardRecorder) Write(p []byte) (int, error) {
 	rec.WriteHeader(http.StatusOK)
+	if rec.ambiguous != nil {
+		return 0, errAmbiguous
+	}
 	if rec.stream {
 		return rec.w.Write(p)
 	}
@@ -781,14 +956,11 @@ func copyHeaderMap(dst, src http.Header) {
 // and so is UTF-16 or UTF-32, which a client's parser could read as a policy
 // this scan does not see. It allocates nothing.
 func documentRoot(body []byte) ([]byte, error) {
+	if isXML, err := plainXML(body); !isXML {
+		return nil, err
+	}
 	b := bytes.TrimPrefix(body, []byte("\xef\xbb\xbf"))
-	if len(b) >= 2 && (b[0] == 0 || b[1] == 0 || (b[0] == 0xfe && b[1] == 0xff) || (b[0] == 0xff && b[1] == 0xfe)) {
-		return nil, &refusal{reasonXMLEncoding, errors.New("body is UTF-16 or UTF-32")}
-	}
 	i := skipSpace(b, 0)
-	if i == len(b) || b[i] != '<' {
-		return nil, nil
-	}
 	for {
 		i = skipSpace(b, i)
 		if i == len(b) {
@@ -978,12 +1150,16 @@ func parsePolicyGuard(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, erro
 //	    ignore_expiry
 //	    max_size      <size>
 //	    cache_size    <size>
+//	    allow_non_xml <media-type> [<media-type>...]
 //	    rewrite {
 //	        ...
 //	    }
 //	}
 //
-// upstream_cert and roots may be repeated; their lists add up. Sizes take
+// upstream_cert, roots and allow_non_xml may be repeated; their lists add
+// up. allow_non_xml names the media types (text/plain) whose 2xx bodies may
+// pass although they are not XML; without it such a body is refused with a
+// 502. A body that is XML is judged as XML whatever its Content-Type. Sizes take
 // units (16MiB, 64MB) or plain bytes. Without signing_key, the legacygate
 // global option supplies the keys. The rewrite block's syntax is in
 // unmarshalGuardRewrite.
@@ -1015,6 +1191,8 @@ func (g *PolicyGuard) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			g.CacheSize, err = sizeArg(d)
 		case "rewrite":
 			g.Rewrite, err = unmarshalGuardRewrite(d)
+		case "allow_non_xml":
+			g.AllowNonXML, err = appendArgs(d, g.AllowNonXML)
 		default:
 			return d.Errf("policy_guard: unknown subdirective %q", d.Val())
 		}

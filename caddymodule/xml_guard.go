@@ -48,12 +48,18 @@ func init() {
 // sent, still happen. Do not add request_buffers to the reverse_proxy
 // behind: it keeps its own copy of the body for retries.
 //
-// Responses: the manager's response is held (up to max_size) and checked the
-// same way, except for the SOAP action. One that fails is answered 502 and
-// nothing of it reaches the client. Passed unchecked: responses without a
-// body (HEAD, 204, 304, empty) and error responses (non-2xx) whose
-// Content-Type is not XML, such as an IIS error page. A 2xx response with a
-// Content-Type that is not XML is refused.
+// Responses: the manager is asked for the identity encoding, and its
+// response is held (up to max_size) and checked the same way, except for
+// the SOAP action. One that fails is answered 502 and nothing of it reaches
+// the client. Passed unchecked: responses without a body (HEAD, 204, 304,
+// empty) and error responses (non-2xx) whose Content-Type is not XML, such
+// as an IIS error page. A 2xx response is refused when it carries any
+// Content-Encoding but a single identity, when its body is not XML (decided
+// by its bytes: after a byte order mark and whitespace it starts with '<')
+// unless its media type is listed in AllowNonXML, and when its body is XML
+// but its Content-Type is neither XML nor listed. A response of any status
+// that repeats Content-Encoding, Content-Type, Content-Length or
+// Transfer-Encoding is refused: a client may read it differently.
 //
 // A missing Content-Type is taken as XML. XML media types are text/xml,
 // application/xml and any type ending in +xml (application/soap+xml).
@@ -88,10 +94,17 @@ type XMLGuard struct {
 	// SkipResponses turns the response check off (Caddyfile: responses off).
 	SkipResponses bool `json:"skip_responses,omitempty"`
 
-	limits  policyguard.XMLLimits
-	roots   []xmlGuardRoot
-	logger  *zap.Logger
-	results *prometheus.CounterVec
+	// AllowNonXML lists the media types (type/subtype) of 2xx responses
+	// that may pass although their body is not XML. A body that is XML is
+	// checked as XML whatever its Content-Type. Empty: a non-empty 2xx body
+	// that is not XML is refused.
+	AllowNonXML []string `json:"allow_non_xml,omitempty"`
+
+	allowNonXML []string // AllowNonXML, lower-cased
+	limits      policyguard.XMLLimits
+	roots       []xmlGuardRoot
+	logger      *zap.Logger
+	results     *prometheus.CounterVec
 }
 
 // xmlGuardRoot is an allowed root element; anyNamespace when the name was
@@ -127,6 +140,10 @@ const (
 	xmlGuardUnlistedRoot = "unlisted_root"
 	xmlGuardSOAPAction   = "soap_action"
 	xmlGuardReplay       = "replay"
+
+	xmlGuardDuplicateHeader = reasonDuplicateHeader
+	xmlGuardContentEncoding = reasonContentEncoding
+	xmlGuardXMLEncoding     = reasonXMLEncoding
 )
 
 var xmlGuardResults = prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -156,6 +173,9 @@ func (g *XMLGuard) Provision(ctx caddy.Context) error {
 		g.roots = append(g.roots, root)
 	}
 	var err error
+	if g.allowNonXML, err = normalizeMediaTypes("xml_guard: allow_non_xml", g.AllowNonXML); err != nil {
+		return err
+	}
 	g.results, err = registerCollector(ctx.GetMetricsRegistry(), xmlGuardResults)
 	return err
 }
@@ -173,6 +193,11 @@ func (g *XMLGuard) Validate() error {
 		return errors.New("xml_guard: requests, responses: both are off, nothing would be checked")
 	case g.SkipRequests && len(g.SOAPActions) > 0:
 		return errors.New("xml_guard: soap_actions: requests are off, so no action would be checked")
+	case g.SkipResponses && len(g.AllowNonXML) > 0:
+		return errors.New("xml_guard: allow_non_xml: responses are off, so no response would be checked")
+	}
+	if _, err := normalizeMediaTypes("xml_guard: allow_non_xml", g.AllowNonXML); err != nil {
+		return err
 	}
 	for _, s := range g.Roots {
 		if _, err := parseXMLGuardRoot(s); err != nil {
@@ -218,6 +243,8 @@ func (g *XMLGuard) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyh
 	if g.SkipResponses {
 		return next.ServeHTTP(w, r)
 	}
+	// Compressed bytes cannot be checked; the manager is told so.
+	r.Header.Set("Accept-Encoding", "identity")
 	return g.serveChecked(w, r, next)
 }
 
@@ -409,6 +436,8 @@ func (g *XMLGuard) serveChecked(w http.ResponseWriter, r *http.Request, next cad
 	rec := &xmlGuardRecorder{w: w, header: make(http.Header), limit: g.MaxSize}
 	aborted, err := xmlGuardServeNext(rec, r, next)
 	switch {
+	case rec.ambiguous != nil:
+		return g.refuseResponse(w, r, rec, &xmlGuardViolation{http.StatusBadGateway, xmlGuardDuplicateHeader, rec.body.Len(), rec.ambiguous})
 	case rec.stream || (!rec.wroteHeader && (aborted || err != nil)):
 		// A switched protocol, or nothing answered yet: the chain's own
 		// error (reverse_proxy's 502) goes to the client as it is.
@@ -434,10 +463,12 @@ func (g *XMLGuard) checkResponse(r *http.Request, rec *xmlGuardRecorder) *xmlGua
 		g.count(xmlGuardResponse, xmlGuardPassed, xmlGuardNoBody)
 		return nil
 	}
-	if ct := rec.header.Get("Content-Type"); ct != "" && !isXMLMediaType(ct) {
-		if status >= 200 && status < 300 {
-			return &xmlGuardViolation{http.StatusBadGateway, xmlGuardContentType, rec.body.Len(), fmt.Errorf("manager answered %d with Content-Type %q, not XML", status, ct)}
+	ct := rec.header.Get("Content-Type")
+	if status >= 200 && status < 300 {
+		if check, v := g.checkResponseForm(rec, status, ct); !check {
+			return v
 		}
+	} else if ct != "" && !isXMLMediaType(ct) {
 		g.count(xmlGuardResponse, xmlGuardPassed, xmlGuardNotXML)
 		return nil
 	}
@@ -448,18 +479,51 @@ func (g *XMLGuard) checkResponse(r *http.Request, rec *xmlGuardRecorder) *xmlGua
 	return nil
 }
 
+// checkResponseForm judges the form of a non-empty 2xx response before its
+// XML is checked (check true). It refuses one whose encoding is not
+// identity, whose body is not XML by its bytes (unless its media type is
+// listed in allow_non_xml), or whose XML comes with a Content-Type that is
+// neither XML nor listed. A listed non-XML body passes unchecked: counted
+// here, check false and no violation.
+func (g *XMLGuard) checkResponseForm(rec *xmlGuardRecorder, status int, ct string) (check bool, v *xmlGuardViolation) {
+	body := rec.body.Bytes()
+	if err := identityEncoded(rec.header); err != nil {
+		return false, &xmlGuardViolation{http.StatusBadGateway, xmlGuardContentEncoding, len(body), err}
+	}
+	isXML, err := plainXML(body)
+	if err != nil {
+		return false, &xmlGuardViolation{http.StatusBadGateway, xmlGuardXMLEncoding, len(body), errors.Unwrap(err)}
+	}
+	listed := mediaTypeListed(rec.header, g.allowNonXML)
+	switch {
+	case !isXML && listed:
+		g.count(xmlGuardResponse, xmlGuardPassed, xmlGuardNotXML)
+		return false, nil
+	case !isXML:
+		return false, &xmlGuardViolation{http.StatusBadGateway, xmlGuardNotXML, len(body), fmt.Errorf("manager answered %d with a body that is not XML, Content-Type %q not listed in allow_non_xml", status, ct)}
+	case ct != "" && !isXMLMediaType(ct) && !listed:
+		return false, &xmlGuardViolation{http.StatusBadGateway, xmlGuardContentType, len(body), fmt.Errorf("manager answered %d with Content-Type %q, not XML", status, ct)}
+	}
+	return true, nil
+}
+
 // refuseResponse answers 502; the client gets none of the manager's headers
 // or bytes.
 func (g *XMLGuard) refuseResponse(w http.ResponseWriter, r *http.Request, rec *xmlGuardRecorder, v *xmlGuardViolation) error {
 	g.count(xmlGuardResponse, xmlGuardRefused, v.reason)
-	g.logger.Warn("xml response refused",
+	fields := []zap.Field{
 		zap.String("direction", xmlGuardResponse),
 		zap.String("reason", v.reason),
 		zap.String("method", r.Method),
 		zap.String("path", r.URL.Path),
 		zap.Int("upstream_status", rec.statusCode()),
 		zap.Int("upstream_bytes", v.size),
-		zap.Error(v.err))
+		zap.Error(v.err),
+	}
+	if name := headerName(v.err); name != "" {
+		fields = append(fields, zap.String("header", name))
+	}
+	g.logger.Warn("xml response refused", fields...)
 	return writeXMLGuardRefusal(w, http.StatusBadGateway, "502 Bad Gateway: the manager's response was refused by the gateway's XML guard\n")
 }
 
@@ -526,6 +590,7 @@ type xmlGuardRecorder struct {
 	wroteHeader bool
 	stream      bool
 	tooLarge    bool
+	ambiguous   error // a repeated singleton header: nothing is forwarded
 }
 
 // Header is the recorder's own map, or the client's once streaming.
@@ -537,12 +602,16 @@ func (rec *xmlGuardRecorder) Header() http.Header {
 }
 
 // WriteHeader records the status. Informational responses other than 101
-// are not forwarded.
+// are not forwarded. A repeated singleton header makes the response
+// ambiguous, whatever its status: it is held and refused.
 func (rec *xmlGuardRecorder) WriteHeader(status int) {
 	if rec.wroteHeader || (status >= 100 && status < 200 && status != http.StatusSwitchingProtocols) {
 		return
 	}
 	rec.status, rec.wroteHeader = status, true
+	if rec.ambiguous = repeatedSingleton(rec.header); rec.ambiguous != nil {
+		return
+	}
 	if status == http.StatusSwitchingProtocols {
 		rec.stream = true
 		copyHeaderMap(rec.w.Header(), rec.header)
@@ -556,6 +625,9 @@ func (rec *xmlGuardRecorder) WriteHeader(status int) {
 
 func (rec *xmlGuardRecorder) Write(p []byte) (int, error) {
 	rec.WriteHeader(http.StatusOK)
+	if rec.ambiguous != nil {
+		return 0, errXMLGuardAmbiguous
+	}
 	if rec.stream {
 		return rec.w.Write(p)
 	}
@@ -566,7 +638,10 @@ func (rec *xmlGuardRecorder) Write(p []byte) (int, error) {
 	return rec.body.Write(p)
 }
 
-var errXMLGuardResponseTooLarge = errors.New("xml_guard: response body over max_size")
+var (
+	errXMLGuardResponseTooLarge = errors.New("xml_guard: response body over max_size")
+	errXMLGuardAmbiguous        = errors.New("xml_guard: response refused for a repeated singleton header")
+)
 
 // FlushError flushes a streamed response; a held one is not flushed.
 func (rec *xmlGuardRecorder) FlushError() error {
@@ -621,6 +696,7 @@ func parseXMLGuard(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) 
 //	    soap_actions <action> [<action>...]
 //	    requests     on|off
 //	    responses    on|off
+//	    allow_non_xml <media-type> [<media-type>...]
 //	}
 //
 // The block is optional: `xml_guard /MAWebService2/*` checks requests and
@@ -628,6 +704,13 @@ func parseXMLGuard(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) 
 // bytes. An element is a local name (Envelope, any namespace) or
 // {namespace}local. roots and soap_actions may be repeated; their lists add
 // up. Actions are written without the quotes the SOAPAction header carries.
+// allow_non_xml (repeatable, lists add up) names the media types, such as
+// text/plain, whose 2xx response bodies may pass although they are not XML;
+// without it such a response is refused with a 502. Whether a body is XML
+// is decided by its bytes: an XML body is checked whatever its Content-Type.
+// A response that repeats Content-Encoding, Content-Type, Content-Length or
+// Transfer-Encoding, or whose 2xx body is encoded other than identity, is
+// refused too.
 func (g *XMLGuard) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next()
 	if d.NextArg() {
@@ -650,6 +733,8 @@ func (g *XMLGuard) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			g.SkipRequests, err = xmlGuardOffArg(d)
 		case "responses":
 			g.SkipResponses, err = xmlGuardOffArg(d)
+		case "allow_non_xml":
+			g.AllowNonXML, err = appendArgs(d, g.AllowNonXML)
 		default:
 			return d.Errf("xml_guard: unknown subdirective %q", d.Val())
 		}

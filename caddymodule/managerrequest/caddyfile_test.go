@@ -5,7 +5,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
 )
 
 func TestUnmarshalCaddyfileReadsEverySubdirective(t *testing.T) {
@@ -153,4 +155,26 @@ func manyKeys(n int) []string {
 		keys[i] = "k" + strings.Repeat("x", i)
 	}
 	return keys
+}
+
+func TestCaddyfileOrdersManagerRequestBeforeEveryOtherHandler(t *testing.T) {
+	input := `:8080 {
+	rewrite /old /secars/secars.dll
+	request_header X-A 1
+	tracing
+	respond "ok"
+	manager_request {
+		allow GET /secars/secars.dll
+	}
+}
+`
+	out, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(input), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js := string(out)
+	first := strings.Index(js, `"handler":"`)
+	if first < 0 || !strings.HasPrefix(js[first:], `"handler":"manager_request"`) {
+		t.Fatalf("the first handler is not manager_request:\n%s", js)
+	}
 }
