@@ -637,6 +637,11 @@ func TestAnswersLeakNothing(t *testing.T) {
 					t.Fatalf("status %d body %q, want 503 without the manager's page", r.status, r.body)
 				}
 			}},
+		{"an answer that is not HTTP (the gateway's own 502)", []byte("SEPM says no\r\n\r\n"), func(t *testing.T, r secResponse) {
+			if r.status != http.StatusBadGateway || len(r.body) > 100 {
+				t.Fatalf("status %d body %q, want a short 502", r.status, r.body)
+			}
+		}},
 	}
 	for _, a := range answers {
 		for _, proto := range []string{"HTTP/1.1", "h2"} {
