@@ -47,11 +47,16 @@ const (
 // header instead. The signer must be one of the pinned upstream_cert
 // certificates, or issued by one. A package that verifies is forwarded byte
 // for byte; anything else in scope (no signature, a signature that does not
-// verify, a body cut short, compressed, partial or over max_size) is refused
-// with a 502 and none of the manager's bytes reach the client.
+// verify, a body cut short, partial or over max_size, any Content-Encoding
+// but a single identity) is refused with a 502 and none of the manager's
+// bytes reach the client. An answer of any status, signature files
+// included, that repeats Content-Encoding, Content-Type, Content-Length or
+// Transfer-Encoding is refused too: a client may read it differently.
 //
 // Passed through unchanged: requests for the signature files themselves, and
-// non-2xx responses (a client installs nothing from an error).
+// non-2xx responses (a client installs nothing from an error). Unlike
+// policy_guard and xml_guard there is no allow_non_xml: a package is
+// judged by its detached signature over its exact bytes, whatever they are.
 type PackageGuard struct {
 	// UpstreamCerts are PEM files holding the manager certificates whose keys
 	// may sign packages.
@@ -106,6 +111,7 @@ const (
 	pkgReasonBadSignatureEnc  = "bad_signature_encoding"
 	pkgReasonUpstream         = "upstream_error"
 	pkgReasonSignature        = "bad_signature" // or the verifier's reason: untrusted_key, digest_mismatch, malformed_cms, …
+	pkgReasonDuplicateHeader  = reasonDuplicateHeader
 )
 
 var packageGuardResults = prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -178,8 +184,13 @@ func pkgHeaderName(s string) bool {
 // writes the package only when it verifies.
 func (g *PackageGuard) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	if g.SignatureHeader == "" && strings.HasSuffix(r.URL.Path, g.SignatureSuffix) {
+		// Held, not streamed, so that a repeated singleton header is refused.
+		sig, err := g.fetch(r, next, g.MaxSize)
+		if err != nil {
+			return g.fail(w, r, sig, err)
+		}
 		g.count(pkgResultPassed, pkgReasonSignatureFile)
-		return next.ServeHTTP(w, r)
+		return sig.forward(w, r)
 	}
 	pkg, err := g.fetch(packageRequest(r, ""), next, g.MaxSize)
 	if err != nil {
@@ -242,10 +253,15 @@ func (g *PackageGuard) fetch(req *http.Request, next caddyhttp.Handler, limit in
 				panic(v)
 			}
 			err = &refusal{pkgReasonIncomplete, errors.New("the upstream response body ended early")}
+			if rec.ambiguous != nil {
+				err = &refusal{pkgReasonDuplicateHeader, rec.ambiguous}
+			}
 		}
 	}()
 	err = next.ServeHTTP(rec, req)
 	switch {
+	case rec.ambiguous != nil:
+		return rec, &refusal{pkgReasonDuplicateHeader, rec.ambiguous}
 	case rec.tooLarge:
 		return rec, &refusal{pkgReasonTooLarge, fmt.Errorf("body over %d bytes", limit)}
 	case err != nil && rec.status == 0:
@@ -264,8 +280,8 @@ func checkPackage(rec *packageRecorder) error {
 	if rec.status == http.StatusPartialContent {
 		return &refusal{pkgReasonPartialContent, errors.New("manager answered 206 Partial Content although no range was asked")}
 	}
-	if ce := rec.header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
-		return &refusal{pkgReasonContentEncoding, fmt.Errorf("manager sent Content-Encoding %q although identity was asked", ce)}
+	if err := identityEncoded(rec.header); err != nil {
+		return &refusal{pkgReasonContentEncoding, err}
 	}
 	if cl := rec.header.Get("Content-Length"); cl != "" && cl != strconv.Itoa(rec.body.Len()) {
 		return &refusal{pkgReasonIncomplete, fmt.Errorf("manager promised Content-Length %s and sent %d bytes", cl, rec.body.Len())}
@@ -335,14 +351,18 @@ func (g *PackageGuard) refuse(w http.ResponseWriter, r *http.Request, pkg *packa
 		reason = ref.reason
 	}
 	g.count(pkgResultRefused, reason)
-	g.logger.Warn("package refused",
+	fields := []zap.Field{
 		zap.String("reason", reason),
 		zap.String("path", r.URL.Path),
 		zap.Int("upstream_status", pkg.status),
 		zap.Int("upstream_bytes", pkg.body.Len()),
 		zap.Strings("pinned", g.pinned),
 		zap.Error(err),
-	)
+	}
+	if name := headerName(err); name != "" {
+		fields = append(fields, zap.String("header", name))
+	}
+	g.logger.Warn("package refused", fields...)
 	h := w.Header()
 	h.Set("Content-Type", "text/plain; charset=utf-8")
 	h.Set("Content-Length", strconv.Itoa(len(packageRefusalBody)))
@@ -357,21 +377,25 @@ const packageRefusalBody = "502 Bad Gateway: the manager's package was refused b
 
 // packageRecorder holds a response, headers and at most limit bytes of body.
 type packageRecorder struct {
-	header   http.Header
-	body     bytes.Buffer
-	limit    int64
-	status   int
-	tooLarge bool
+	header    http.Header
+	body      bytes.Buffer
+	limit     int64
+	status    int
+	tooLarge  bool
+	ambiguous error // a repeated singleton header: nothing is forwarded
 }
 
 func (rec *packageRecorder) Header() http.Header { return rec.header }
 
 // WriteHeader records the final status; informational ones are dropped.
+// A repeated singleton header makes the answer ambiguous, whatever its
+// status.
 func (rec *packageRecorder) WriteHeader(status int) {
 	if rec.status != 0 || status < 200 {
 		return
 	}
 	rec.status = status
+	rec.ambiguous = repeatedSingleton(rec.header)
 	if cl, err := strconv.ParseInt(rec.header.Get("Content-Length"), 10, 64); err == nil && cl > rec.limit {
 		rec.tooLarge = true
 	}
@@ -379,6 +403,9 @@ func (rec *packageRecorder) WriteHeader(status int) {
 
 func (rec *packageRecorder) Write(p []byte) (int, error) {
 	rec.WriteHeader(http.StatusOK)
+	if rec.ambiguous != nil {
+		return 0, errors.New("package_guard: response refused for a repeated singleton header")
+	}
 	if rec.tooLarge || int64(rec.body.Len())+int64(len(p)) > rec.limit {
 		rec.tooLarge = true
 		return 0, errors.New("package_guard: response body over max_size")
@@ -422,7 +449,12 @@ func parsePackageGuard(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, err
 //
 // upstream_cert may be repeated; its lists add up. Without signature_header
 // the signature is fetched from the package's path plus signature_suffix
-// (default .p7s). Sizes take units (64MiB) or plain bytes. For example:
+// (default .p7s). Sizes take units (64MiB) or plain bytes. An answer that
+// repeats Content-Encoding, Content-Type, Content-Length or
+// Transfer-Encoding, on any status, and a 2xx package encoded other than
+// identity are refused with a 502. There is no allow_non_xml: packages are
+// not XML, and their detached signature covers their exact bytes. For
+// example:
 //
 //	package_guard /epm/packages/* {
 //	    upstream_cert /etc/legacygate/manager.crt

@@ -399,7 +399,7 @@ func repeatedSingleton(h http.Header) bool {
 
 // stripForwarding deletes the forwarding headers a client may not set. A
 // trusted proxy (Caddy's trusted_proxies) keeps X-Forwarded-For, -Proto and
-// -Host; X-Original-URL and X-Rewrite-URL go always, as IIS URL Rewrite
+// -Host, spelled with hyphens; X-Original-URL and X-Rewrite-URL go always, as IIS URL Rewrite
 // serves the path they name instead of the request's. Names compare with
 // '_' equal to '-', as CGI-style servers read them.
 func stripForwarding(h http.Header, trusted bool) {
@@ -413,9 +413,11 @@ func stripForwarding(h http.Header, trusted bool) {
 			!headerNameIs(name, "X-Rewrite-URL", false) {
 			continue
 		}
-		if trusted && (headerNameIs(name, "X-Forwarded-For", false) ||
-			headerNameIs(name, "X-Forwarded-Proto", false) ||
-			headerNameIs(name, "X-Forwarded-Host", false)) {
+		// Only the hyphenated spellings: an underscore variant from a
+		// trusted proxy is still the client's, passed along.
+		if trusted && (canonical.EqualFoldASCII(name, "X-Forwarded-For") ||
+			canonical.EqualFoldASCII(name, "X-Forwarded-Proto") ||
+			canonical.EqualFoldASCII(name, "X-Forwarded-Host")) {
 			continue
 		}
 		delete(h, name)

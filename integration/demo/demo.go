@@ -184,6 +184,7 @@ https://127.0.0.1:{{.Port}} {
 			upstream_cert {{.Dir}}/manager.crt
 			signing_key {{.Dir}}/gateway.key {{.Dir}}/gateway.crt
 			roots Profile ServerSettings
+			allow_non_xml text/plain
 		}
 		reverse_proxy {{.Manager}} {
 			transport legacy_tls {

@@ -545,6 +545,7 @@ var storyTemplate = template.Must(template.New("Caddyfile.story").Parse(`{
 		upstream_cert {{.Dir}}/story-manager.crt {{.Dir}}/story-manager-next.crt
 		roots Profile ServerSettings
 		allow_sha1
+		allow_non_xml text/plain
 		rewrite {
 			roots ServerSettings
 			addresses 127.0.0.1
