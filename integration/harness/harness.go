@@ -19,6 +19,7 @@ package harness
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -53,7 +54,8 @@ var (
 
 // Binary returns the path of a legacygate binary built from this module's
 // ./cmd/legacygate. It is built once per test process (go build's cache makes
-// later processes quick) into a shared directory under os.TempDir(), written
+// later processes quick) into a directory under os.TempDir() shared by the
+// test processes of this module root (other worktrees get their own), written
 // to a temporary name and renamed into place, so concurrent test processes
 // never see a half-written file.
 func Binary(t testing.TB) string {
@@ -70,7 +72,9 @@ func build() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	dir := filepath.Join(os.TempDir(), "legacygate-harness")
+	// One directory per module root: worktrees of this repository test
+	// different code at the same time, and must not run each other's binary.
+	dir := filepath.Join(os.TempDir(), "legacygate-harness", fmt.Sprintf("%x", sha256.Sum256([]byte(root)))[:16])
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("creating %s: %w", dir, err)
 	}
