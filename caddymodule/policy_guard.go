@@ -749,11 +749,18 @@ func headerValues(h http.Header, name string) []string {
 }
 
 // repeatedSingleton refuses an answer that carries one of singletonHeaders
-// on more than one line.
+// on more than one line. It runs on every answer in scope and allocates
+// only to report a refusal.
 func repeatedSingleton(h http.Header) error {
 	for _, name := range singletonHeaders {
-		if values := headerValues(h, name); len(values) > 1 {
-			return &headerError{name: name, values: values, what: "repeated, it may appear once"}
+		lines := 0
+		for k, vs := range h {
+			if len(k) == len(name) && strings.EqualFold(k, name) {
+				lines += len(vs)
+			}
+		}
+		if lines > 1 {
+			return &headerError{name: name, values: headerValues(h, name), what: "repeated, it may appear once"}
 		}
 	}
 	return nil

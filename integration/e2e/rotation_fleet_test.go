@@ -135,6 +135,7 @@ localhost:%d {
 		signing_key %s %s
 		roots Profile ServerSettings
 		allow_sha1
+		allow_non_xml text/plain
 		rewrite {
 			addresses localhost
 			https_port %d
@@ -543,6 +544,7 @@ func (l *windowLab) windowCaddyfile(https, plain int) string {
 		upstream_cert %s
 		roots Profile ServerSettings
 		allow_sha1
+		allow_non_xml text/plain
 		rewrite {
 			addresses localhost
 			https_port %d
