@@ -7,7 +7,6 @@ import (
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
 	_ "github.com/legacygate/legacygate/caddymodule"
-	_ "github.com/legacygate/legacygate/integration/demo"
 )
 
 func main() {
