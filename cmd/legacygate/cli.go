@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/caddyserver/caddy/v2"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/spf13/cobra"
 	"github.com/spf13/cobra/doc"
@@ -213,8 +214,8 @@ cmd/legacygate/main.go, then build`, name, name)
 	}
 }
 
-// manpageCommand is Caddy's manpage command for this tree: Caddy adds its
-// own only to the root command it builds.
+// manpageCommand is Caddy's manpage command for this tree (Caddy adds its
+// own only to the root command it builds), with Caddy's exit statuses.
 func manpageCommand(root *cobra.Command) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "manpage --directory <path>",
@@ -225,18 +226,20 @@ with --directory (created if it does not exist), in section 8 (System
 Administration).`,
 		Args: cobra.NoArgs,
 	}
-	dir := cmd.Flags().StringP("directory", "o", "", "The output directory where the manpages are generated")
-	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		cmd.SilenceUsage = true
-		d := strings.TrimSpace(*dir)
-		if d == "" {
-			return errors.New("--directory: an output directory is required")
+	cmd.Flags().StringP("directory", "o", "", "The output directory where the manpages are generated")
+	cmd.RunE = caddycmd.WrapCommandFuncForCobra(func(fl caddycmd.Flags) (int, error) {
+		dir := strings.TrimSpace(fl.String("directory"))
+		if dir == "" {
+			return caddy.ExitCodeFailedQuit, errors.New("--directory: an output directory is required")
 		}
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			return fmt.Errorf("--directory: %w", err)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return caddy.ExitCodeFailedQuit, fmt.Errorf("--directory: %w", err)
 		}
-		return doc.GenManTree(root, &doc.GenManHeader{Title: "legacygate", Section: "8"}, d)
-	}
+		if err := doc.GenManTree(root, &doc.GenManHeader{Title: "legacygate", Section: "8"}, dir); err != nil {
+			return caddy.ExitCodeFailedQuit, fmt.Errorf("writing the manual pages to %s: %w", dir, err)
+		}
+		return caddy.ExitCodeSuccess, nil
+	})
 	return cmd
 }
 
