@@ -7,11 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strings"
 	"text/template"
-
-	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig"
 
 	"github.com/legacygate/legacygate/integration/certs"
 	"github.com/legacygate/legacygate/integration/manager"
@@ -24,6 +20,7 @@ type demo struct {
 	out        io.Writer
 	dir        string
 	removeDir  bool
+	gw         *gateway
 	mgr        *manager.Manager
 	storyMgr   *manager.Manager // the story's manager, once the story started
 	gatewayURL string
@@ -36,17 +33,17 @@ type demo struct {
 
 func (d *demo) printf(format string, args ...any) { fmt.Fprintf(d.out, format, args...) }
 
-// setup makes the keys, starts the manager and loads the gateway's config.
-func setup(dir string, out io.Writer) (*demo, error) {
-	d := &demo{out: out, dir: dir}
-	if d.dir == "" {
-		tmp, err := os.MkdirTemp("", "legacygate-demo-")
-		if err != nil {
-			return nil, fmt.Errorf("making the demo folder: %w", err)
-		}
-		d.dir, d.removeDir = tmp, true
-	} else if err := os.MkdirAll(d.dir, 0o700); err != nil {
-		return nil, fmt.Errorf("making the demo folder %s: %w", d.dir, err)
+// setup makes the keys, starts the manager and the gateway (the legacygate
+// binary bin) with its config.
+func setup(bin, dir string, out io.Writer) (*demo, error) {
+	d := &demo{out: out}
+	var err error
+	if d.dir, d.removeDir, err = makeDir(dir); err != nil {
+		return nil, err
+	}
+	if d.gw, err = newGateway(bin, d.dir); err != nil {
+		d.close()
+		return nil, err
 	}
 	if err := d.start(); err != nil {
 		d.close()
@@ -114,14 +111,14 @@ func (d *demo) makeGatewayKey() error {
 }
 
 // loadGateway writes the manager's current certificate where the Caddyfile
-// points, writes the Caddyfile with the manager's current pin, adapts it and
-// loads it into this process's Caddy: the same thing `legacygate reload` does.
+// points, writes the Caddyfile with the manager's current pin and has the
+// gateway serve it: `legacygate run` the first time, `legacygate reload` after.
 func (d *demo) loadGateway() error {
 	mgrCert := filepath.Join(d.dir, "manager.crt")
 	if err := os.WriteFile(mgrCert, d.mgr.Pair().CertPEM(), 0o644); err != nil {
 		return fmt.Errorf("writing %s: %w", mgrCert, err)
 	}
-	return loadCaddyfile(caddyfileTemplate, map[string]any{
+	return d.gw.load(caddyfileTemplate, map[string]any{
 		"Dir":      d.dir,
 		"Port":     d.gwPort,
 		"HTTPPort": d.httpPort,
@@ -131,7 +128,7 @@ func (d *demo) loadGateway() error {
 }
 
 func (d *demo) close() {
-	if err := caddy.Stop(); err != nil {
+	if err := d.gw.stop(); err != nil {
 		d.printf("stopping the gateway: %v\n", err)
 	}
 	if d.mgr != nil {
@@ -152,7 +149,7 @@ func freePort() (int, error) { return ports.Free() }
 // caddyfileTemplate is the gateway's configuration: Caddyfile.example's
 // shape on loopback ports, with the manager's pin and certificate.
 var caddyfileTemplate = template.Must(template.New("Caddyfile").Parse(`{
-	admin off
+	admin {{.Admin}}
 	persist_config off
 	skip_install_trust
 	storage file_system {{.Dir}}/caddy
@@ -200,23 +197,3 @@ https://127.0.0.1:{{.Port}} {
 	}
 }
 `))
-
-// loadCaddyfile renders tmpl with data into file, adapts it and loads it into
-// this process's Caddy: what `legacygate reload` does for a running gateway.
-func loadCaddyfile(tmpl *template.Template, data map[string]any, file string) error {
-	var b strings.Builder
-	if err := tmpl.Execute(&b, data); err != nil {
-		return fmt.Errorf("writing %s: %w", file, err)
-	}
-	if err := os.WriteFile(file, []byte(b.String()), 0o644); err != nil {
-		return fmt.Errorf("writing %s: %w", file, err)
-	}
-	cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(b.String()), map[string]any{"filename": file})
-	if err != nil {
-		return fmt.Errorf("adapting %s: %w", file, err)
-	}
-	if err := caddy.Load(cfg, true); err != nil {
-		return fmt.Errorf("loading %s: %w", file, err)
-	}
-	return nil
-}

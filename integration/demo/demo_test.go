@@ -6,15 +6,18 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/legacygate/legacygate/integration/harness"
 )
 
-// TestDemoEveryStepBehavesAndTheStoryShowsBothSides runs the demo
-// in-process, as `legacygate demo --once` does: every scripted step must
-// behave, and the story must show the direct fleet orphaned, none through
-// the gateway, and every gateway client confirming the rotation.
+// TestDemoEveryStepBehavesAndTheStoryShowsBothSides runs the demo with a
+// gateway process of this tree's legacygate, as `mgrsim demo --once` does:
+// every scripted step must behave, and the story must show the direct fleet
+// orphaned, none through the gateway, and every gateway client confirming
+// the rotation.
 func TestDemoEveryStepBehavesAndTheStoryShowsBothSides(t *testing.T) {
 	var out bytes.Buffer
-	d, err := setup(t.TempDir(), &out)
+	d, err := setup(harness.Binary(t), t.TempDir(), &out)
 	if err != nil {
 		t.Fatalf("setting up the demo: %v\n%s", err, out.String())
 	}

@@ -12,22 +12,20 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"text/template"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
 	"github.com/smallstep/pkcs7"
 
 	"github.com/legacygate/legacygate/integration/certs"
 	"github.com/legacygate/legacygate/integration/manager"
 )
 
-// Flavors `legacygate demo --flavor` accepts besides sepm.
+// Flavors `mgrsim demo --flavor` accepts; sepm is the default.
 const (
+	flavorSEPM         = "sepm"
 	flavorCheckpoint   = "checkpoint"
 	flavorPolicyServer = "policyserver"
 )
@@ -40,6 +38,7 @@ type flavorDemo struct {
 	flavor     string
 	dir        string
 	removeDir  bool
+	gw         *gateway
 	mgr        *manager.Manager
 	gwPort     int
 	httpPort   int
@@ -49,45 +48,22 @@ type flavorDemo struct {
 	failed     int
 }
 
-// runFlavor is run for a flavor other than sepm.
-func runFlavor(flavor string, once bool, dir string) (int, error) {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	d, err := setupFlavor(flavor, dir, os.Stdout)
-	if err != nil {
-		return 1, err
+// setupFlavor starts the flavor's manager and the gateway (the legacygate
+// binary bin) with its config.
+func setupFlavor(flavor, bin, dir string, out io.Writer) (*flavorDemo, error) {
+	if err := CheckFlavor(flavor); err != nil {
+		return nil, err
 	}
-	defer d.close()
-	failed := d.runSteps(ctx)
-	if once {
-		if failed > 0 {
-			return 1, fmt.Errorf("%d demo step(s) did not behave as expected", failed)
-		}
-		return 0, nil
+	d := &flavorDemo{out: out, flavor: flavor}
+	var err error
+	if d.dir, d.removeDir, err = makeDir(dir); err != nil {
+		return nil, err
 	}
-	fmt.Fprintf(d.out, "\nThe gateway keeps serving at %s (manager at %s). Press Ctrl-C to stop.\n", d.gatewayURL, d.managerURL())
-	<-ctx.Done()
-	fmt.Fprintf(d.out, "stopping\n")
-	return 0, nil
-}
-
-// setupFlavor starts the flavor's manager and loads the gateway.
-func setupFlavor(flavor, dir string, out io.Writer) (*flavorDemo, error) {
-	tmpl, ok := flavorTemplates[flavor]
-	if !ok {
-		return nil, fmt.Errorf("--flavor: %q is not one of sepm, %s, %s", flavor, flavorCheckpoint, flavorPolicyServer)
+	if d.gw, err = newGateway(bin, d.dir); err != nil {
+		d.close()
+		return nil, err
 	}
-	d := &flavorDemo{out: out, flavor: flavor, dir: dir}
-	if d.dir == "" {
-		tmp, err := os.MkdirTemp("", "legacygate-demo-")
-		if err != nil {
-			return nil, fmt.Errorf("making the demo folder: %w", err)
-		}
-		d.dir, d.removeDir = tmp, true
-	} else if err := os.MkdirAll(d.dir, 0o700); err != nil {
-		return nil, fmt.Errorf("making the demo folder %s: %w", d.dir, err)
-	}
-	if err := d.start(tmpl); err != nil {
+	if err := d.start(flavorTemplates[flavor]); err != nil {
 		d.close()
 		return nil, err
 	}
@@ -136,22 +112,21 @@ func (d *flavorDemo) managerURL() string {
 }
 
 // loadGateway writes the package signer's certificate and the Caddyfile
-// (with the manager's current pin), adapts it and loads it into this
-// process's Caddy.
+// (with the manager's current pin) and has the gateway serve it.
 func (d *flavorDemo) loadGateway(tmpl *template.Template, signerPEM []byte) error {
 	mgrCert := filepath.Join(d.dir, "manager.crt")
 	if err := os.WriteFile(mgrCert, signerPEM, 0o644); err != nil {
 		return fmt.Errorf("writing %s: %w", mgrCert, err)
 	}
 	a := d.mgr.Addrs()
-	return loadCaddyfile(tmpl, map[string]any{
+	return d.gw.load(tmpl, map[string]any{
 		"Dir": d.dir, "Port": d.gwPort, "HTTPPort": d.httpPort,
 		"Manager": a.HTTPS + a.HTTP, "Pin": d.mgr.Pin(),
 	}, filepath.Join(d.dir, "Caddyfile"))
 }
 
 func (d *flavorDemo) close() {
-	if err := caddy.Stop(); err != nil {
+	if err := d.gw.stop(); err != nil {
 		fmt.Fprintf(d.out, "stopping the gateway: %v\n", err)
 	}
 	if d.mgr != nil {
@@ -628,7 +603,7 @@ https://127.0.0.1:{{.Port}} {
 }
 
 const flavorGlobals = `{
-	admin off
+	admin {{.Admin}}
 	persist_config off
 	skip_install_trust
 	storage file_system {{.Dir}}/caddy

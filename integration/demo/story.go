@@ -252,20 +252,13 @@ func portOf(addr string) int {
 	return port
 }
 
-// loadGateway reloads this process's Caddy with the story's configuration:
+// loadGateway reloads the gateway with the story's configuration:
 // both manager pins, the rotation window [windowStart, windowEnd), the
 // 8014-style bridge and an admin listener for GET /legacygate/rotation.
 func (s *story) loadGateway(windowStart, windowEnd time.Time) error {
-	if s.adminAddr == "" {
-		adminPort, err := freePort()
-		if err != nil {
-			return err
-		}
-		s.adminAddr = fmt.Sprintf("127.0.0.1:%d", adminPort)
-	}
-	return loadCaddyfile(storyTemplate, map[string]any{
+	s.adminAddr = s.d.gw.admin
+	return s.d.gw.load(storyTemplate, map[string]any{
 		"Dir":         s.d.dir,
-		"Admin":       s.adminAddr,
 		"Port":        s.d.gwPort,
 		"HTTPPort":    s.d.httpPort,
 		"PlainPort":   s.plainPort,
