@@ -268,7 +268,7 @@ func (w *deadlineRecorder) SetReadDeadline(t time.Time) error {
 func TestServeHTTPJudgesBodiesByEachProtocolsFraming(t *testing.T) {
 	m := exampleConfig()
 	provision(t, m)
-	m.bodyWait = 50 * time.Millisecond
+	m.bodyWait = time.Second // the stream left open waits this long
 	tests := []struct {
 		name    string
 		proto   int
