@@ -555,7 +555,7 @@ func (m *ManagerRequest) refuse(w http.ResponseWriter, r *http.Request, status i
 	if allow != "" {
 		h.Set("Allow", allow)
 	}
-	if r.ProtoMajor == 1 && (reason == reasonBodyNotAllowed || reason == reasonHeaderTooLarge) {
+	if r.ProtoMajor < 2 && (reason == reasonBodyNotAllowed || reason == reasonHeaderTooLarge) {
 		// The unread body or oversized head stays on the connection. HTTP/2
 		// and HTTP/3 end just the stream, and forbid the field.
 		h.Set("Connection", "close")
