@@ -16,6 +16,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
@@ -72,6 +73,7 @@ type ManagerRequest struct {
 	exact          []allowEntry
 	prefixes       []allowEntry // longest first
 	fixedErrorBody bool
+	bodyWait       time.Duration // emptyBodyWait unless a test shortens it
 	logger         *zap.Logger
 	passed         prometheus.Counter
 	refused        prometheus.Counter
@@ -328,7 +330,7 @@ func (m *ManagerRequest) ServeHTTP(w http.ResponseWriter, r *http.Request, next 
 		return m.refuse(w, r, http.StatusMethodNotAllowed, reasonMethodNotAllowed, entry.allow)
 	}
 	if (r.Method == http.MethodGet || r.Method == http.MethodHead || r.Method == http.MethodOptions) &&
-		(r.ContentLength != 0 || len(r.TransferEncoding) > 0) {
+		m.hasBody(w, r) {
 		return m.refuse(w, r, http.StatusBadRequest, reasonBodyNotAllowed, "")
 	}
 
@@ -347,6 +349,67 @@ func (m *ManagerRequest) ServeHTTP(w http.ResponseWriter, r *http.Request, next 
 		rw.clean(w.Header())
 	}
 	return err
+}
+
+// emptyBodyWait bounds how long an HTTP/2 or HTTP/3 request of unknown
+// length may take to end its stream before it is taken to carry a body.
+// Honest clients end it with the header block or right after.
+const emptyBodyWait = 5 * time.Second
+
+// hasBody reports whether a request whose method has no body carries one.
+// HTTP/1.x frames a body with Content-Length or Transfer-Encoding only.
+// HTTP/2 and HTTP/3 may leave the length unknown (-1): quic-go does so for
+// every request without Content-Length, x/net/http2 when the header block
+// did not end the stream. Then only the stream tells: one byte is read,
+// bounded by bodyWait and the request's context; end of stream proves
+// there is none, and the request becomes the canonical bodiless one
+// (http.NoBody, length 0), so no proxy sends it up with chunked framing.
+// Data, an error or no answer in time count as a body: nothing read is
+// ever passed on, and a refused stream is ended by the server.
+func (m *ManagerRequest) hasBody(w http.ResponseWriter, r *http.Request) bool {
+	if r.ContentLength > 0 || len(r.TransferEncoding) > 0 {
+		return true
+	}
+	if r.ProtoMajor < 2 {
+		return r.ContentLength != 0
+	}
+	if r.ContentLength == 0 {
+		// A declared length of 0 is held by the protocol layer: more data
+		// resets the stream.
+		return false
+	}
+	if r.Body == nil || r.Body == http.NoBody {
+		r.Body, r.ContentLength = http.NoBody, 0
+		return false
+	}
+	wait := m.bodyWait
+	if wait <= 0 {
+		wait = emptyBodyWait
+	}
+	// Unblocks the read on the server's own stream; where the writer
+	// cannot (ErrNotSupported), the timer below still bounds the wait.
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(wait))
+	body := r.Body
+	result := make(chan error, 1)
+	go func() {
+		var b [1]byte
+		_, err := io.ReadAtLeast(body, b[:], 1)
+		result <- err
+	}()
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	select {
+	case err := <-result:
+		if !errors.Is(err, io.EOF) {
+			return true
+		}
+	case <-timer.C:
+		return true
+	case <-r.Context().Done():
+		return true
+	}
+	r.Body, r.ContentLength = http.NoBody, 0
+	return false
 }
 
 // headerLimit is max_header_size, else the server's max_header_size.
@@ -492,8 +555,9 @@ func (m *ManagerRequest) refuse(w http.ResponseWriter, r *http.Request, status i
 	if allow != "" {
 		h.Set("Allow", allow)
 	}
-	if reason == reasonBodyNotAllowed || reason == reasonHeaderTooLarge {
-		// The unread body or oversized head stays on the connection.
+	if r.ProtoMajor < 2 && (reason == reasonBodyNotAllowed || reason == reasonHeaderTooLarge) {
+		// The unread body or oversized head stays on the connection. HTTP/2
+		// and HTTP/3 end just the stream, and forbid the field.
 		h.Set("Connection", "close")
 	}
 	writeFixed(w, status)

@@ -2,12 +2,15 @@ package managerrequest
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -221,6 +224,183 @@ func TestServeHTTPRefusesBodiesOnGetHeadOptions(t *testing.T) {
 	r := httptest.NewRequest("POST", "/secars/secars.dll", strings.NewReader("hello"))
 	if _, s := serve(t, m, r, false, nil); !s.called {
 		t.Error("POST with a body refused")
+	}
+}
+
+// streamBody is an HTTP/2 or HTTP/3 request body: what the client sends
+// on the stream, then its end (io.EOF), a reset (err) or nothing yet.
+type streamBody struct {
+	data  string
+	err   error
+	block chan struct{} // closed by the test's cleanup
+}
+
+func (b *streamBody) Read(p []byte) (int, error) {
+	if b.block != nil {
+		<-b.block
+		return 0, io.ErrClosedPipe
+	}
+	if b.data != "" {
+		n := copy(p, b.data)
+		b.data = b.data[n:]
+		return n, nil
+	}
+	if b.err != nil {
+		return 0, b.err
+	}
+	return 0, io.EOF
+}
+
+func (b *streamBody) Close() error { return nil }
+
+// deadlineRecorder is a response writer that, like HTTP/2's and HTTP/3's,
+// takes a read deadline for the request's stream.
+type deadlineRecorder struct {
+	*httptest.ResponseRecorder
+	deadline time.Time
+}
+
+func (w *deadlineRecorder) SetReadDeadline(t time.Time) error {
+	w.deadline = t
+	return nil
+}
+
+func TestServeHTTPJudgesBodiesByEachProtocolsFraming(t *testing.T) {
+	m := exampleConfig()
+	provision(t, m)
+	m.bodyWait = time.Second // the stream left open waits this long
+	tests := []struct {
+		name    string
+		proto   int
+		method  string
+		path    string
+		length  int64
+		chunked bool
+		body    func(t *testing.T) io.ReadCloser
+		refused bool
+	}{
+		{"HTTP/3 GET of unknown length that ends at once", 3, "GET", "/secars/secars.dll", -1, false, ended(""), false},
+		{"HTTP/3 HEAD of unknown length that ends at once", 3, "HEAD", "/content/a.zip", -1, false, ended(""), false},
+		{"HTTP/3 OPTIONS of unknown length that ends at once", 3, "OPTIONS", "/probe", -1, false, ended(""), false},
+		{"HTTP/3 GET with Content-Length: 0", 3, "GET", "/secars/secars.dll", 0, false, ended(""), false},
+		{"HTTP/3 GET with NoBody", 3, "GET", "/secars/secars.dll", -1, false, func(*testing.T) io.ReadCloser { return http.NoBody }, false},
+		{"HTTP/2 GET whose header block ended the stream", 2, "GET", "/secars/secars.dll", 0, false, ended(""), false},
+		{"HTTP/2 GET ended by an empty DATA frame", 2, "GET", "/secars/secars.dll", -1, false, ended(""), false},
+		{"HTTP/3 GET of unknown length with data", 3, "GET", "/secars/secars.dll", -1, false, ended("x"), true},
+		{"HTTP/2 GET of unknown length with data", 2, "GET", "/secars/secars.dll", -1, false, ended("hello"), true},
+		{"HTTP/3 HEAD of unknown length with data", 3, "HEAD", "/content/a.zip", -1, false, ended("x"), true},
+		{"HTTP/3 GET with Content-Length", 3, "GET", "/secars/secars.dll", 5, false, ended("hello"), true},
+		{"HTTP/2 GET with Content-Length", 2, "GET", "/secars/secars.dll", 5, false, ended("hello"), true},
+		{"HTTP/2 OPTIONS with Transfer-Encoding", 2, "OPTIONS", "/probe", -1, true, ended(""), true},
+		{"HTTP/3 GET reset before its end", 3, "GET", "/secars/secars.dll", -1, false, func(*testing.T) io.ReadCloser {
+			return &streamBody{err: errors.New("stream reset")}
+		}, true},
+		{"HTTP/3 GET whose stream stays open past the wait", 3, "GET", "/secars/secars.dll", -1, false, func(t *testing.T) io.ReadCloser {
+			b := &streamBody{block: make(chan struct{})}
+			t.Cleanup(func() { close(b.block) })
+			return b
+		}, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := httptest.NewRequest(tc.method, tc.path, nil)
+			r.Proto, r.ProtoMajor, r.ProtoMinor = "HTTP/"+strconv.Itoa(tc.proto)+".0", tc.proto, 0
+			r.Body, r.ContentLength = tc.body(t), tc.length
+			if tc.chunked {
+				r.TransferEncoding = []string{"chunked"}
+			}
+			var body io.ReadCloser
+			var length int64
+			w, s := serve(t, m, r, false, func(w http.ResponseWriter, r *http.Request) {
+				body, length = r.Body, r.ContentLength
+				w.WriteHeader(http.StatusOK)
+			})
+			if tc.refused {
+				if s.called || w.Code != http.StatusBadRequest {
+					t.Fatalf("called=%v status %d, want 400 and not called", s.called, w.Code)
+				}
+				if v, ok := w.Header()["Connection"]; ok {
+					t.Errorf("Connection %q on an HTTP/%d answer, where the field is forbidden", v, tc.proto)
+				}
+				return
+			}
+			if !s.called || w.Code != http.StatusOK {
+				t.Fatalf("called=%v status %d, want passed on", s.called, w.Code)
+			}
+			if tc.length < 0 && (body != http.NoBody || length != 0) {
+				t.Errorf("passed on with body %T length %d, want http.NoBody and 0", body, length)
+			}
+		})
+	}
+}
+
+func ended(data string) func(*testing.T) io.ReadCloser {
+	return func(*testing.T) io.ReadCloser { return &streamBody{data: data} }
+}
+
+func TestServeHTTPBoundsTheEmptyBodyReadWithTheStreamsDeadline(t *testing.T) {
+	m := exampleConfig()
+	provision(t, m)
+	r := httptest.NewRequest("GET", "/secars/secars.dll", nil)
+	r.ProtoMajor, r.Body, r.ContentLength = 3, &streamBody{}, -1
+	r = caddyhttp.PrepareRequest(r, caddy.NewReplacer(), nil, nil)
+	w := &deadlineRecorder{ResponseRecorder: httptest.NewRecorder()}
+	before := time.Now()
+	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error { return nil })
+	if err := m.ServeHTTP(w, r, next); err != nil {
+		t.Fatal(err)
+	}
+	if w.deadline.Before(before.Add(emptyBodyWait)) || w.deadline.After(time.Now().Add(emptyBodyWait)) {
+		t.Errorf("read deadline %v, want %v after the request started", w.deadline, emptyBodyWait)
+	}
+}
+
+func TestServeHTTPRefusesGetsWhoseRequestEndsWhileWaitingForTheBody(t *testing.T) {
+	m := exampleConfig()
+	provision(t, m)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	b := &streamBody{block: make(chan struct{})}
+	t.Cleanup(func() { close(b.block) })
+	r := httptest.NewRequestWithContext(ctx, "GET", "/secars/secars.dll", nil)
+	r.ProtoMajor, r.Body, r.ContentLength = 3, b, -1
+	start := time.Now()
+	w, s := serve(t, m, r, false, nil)
+	if s.called || w.Code != http.StatusBadRequest {
+		t.Errorf("called=%v status %d, want 400 and not called", s.called, w.Code)
+	}
+	if d := time.Since(start); d > emptyBodyWait/2 {
+		t.Errorf("took %v: the request's end did not stop the wait", d)
+	}
+}
+
+func TestRefusalsSayConnectionCloseOnlyOverHTTP1(t *testing.T) {
+	m := exampleConfig()
+	m.MaxHeaderSize = 64
+	provision(t, m)
+	for _, tc := range []struct {
+		proto     int
+		bigHeader bool
+		want      []string
+	}{
+		{1, false, []string{"close"}},
+		{1, true, []string{"close"}},
+		{2, false, nil},
+		{2, true, nil},
+		{3, false, nil},
+		{3, true, nil},
+	} {
+		r := httptest.NewRequest("GET", "/secars/secars.dll", strings.NewReader("hello"))
+		r.Proto, r.ProtoMajor, r.ProtoMinor = "HTTP/"+strconv.Itoa(tc.proto)+".0", tc.proto, 0
+		wantStatus := http.StatusBadRequest
+		if tc.bigHeader {
+			r.Header.Set("X-Big", strings.Repeat("a", 100))
+			wantStatus = http.StatusRequestHeaderFieldsTooLarge
+		}
+		w, _ := serve(t, m, r, false, nil)
+		if got := w.Header()["Connection"]; w.Code != wantStatus || !slices.Equal(got, tc.want) {
+			t.Errorf("HTTP/%d: status %d Connection %q, want %d and %q", tc.proto, w.Code, got, wantStatus, tc.want)
+		}
 	}
 }
 
