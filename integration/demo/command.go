@@ -22,6 +22,9 @@ type Options struct {
 	// Flavor is the manager to emulate: sepm (the default when empty),
 	// checkpoint or policyserver.
 	Flavor string
+	// ConfigDir holds Caddyfile.example and examples/, the configurations
+	// the gateway runs; empty: DefaultConfigDir.
+	ConfigDir string
 	// Once makes Run return when the script is done instead of serving
 	// until ctx ends.
 	Once bool
@@ -39,6 +42,13 @@ func CheckFlavor(flavor string) error {
 	return fmt.Errorf("--flavor: %q is not one of %s, %s, %s", flavor, flavorSEPM, flavorCheckpoint, flavorPolicyServer)
 }
 
+func (o Options) configDir() string {
+	if o.ConfigDir == "" {
+		return DefaultConfigDir()
+	}
+	return o.ConfigDir
+}
+
 // Run runs the demo. With o.Once it returns 0 when every step behaved as
 // expected (and, for sepm, the story showed clients orphaned straight at
 // the manager, none through the gateway, and every gateway client confirmed
@@ -54,7 +64,7 @@ func Run(ctx context.Context, o Options) (int, error) {
 	if o.Flavor != flavorSEPM {
 		return runFlavor(ctx, o)
 	}
-	d, err := setup(o.Legacygate, o.Dir, o.Out)
+	d, err := setup(o)
 	if err != nil {
 		return 1, err
 	}
@@ -87,7 +97,7 @@ func Run(ctx context.Context, o Options) (int, error) {
 
 // runFlavor is Run for a flavor other than sepm.
 func runFlavor(ctx context.Context, o Options) (int, error) {
-	d, err := setupFlavor(o.Flavor, o.Legacygate, o.Dir, o.Out)
+	d, err := setupFlavor(o)
 	if err != nil {
 		return 1, err
 	}

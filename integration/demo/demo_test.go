@@ -17,7 +17,7 @@ import (
 // the rotation.
 func TestDemoEveryStepBehavesAndTheStoryShowsBothSides(t *testing.T) {
 	var out bytes.Buffer
-	d, err := setup(harness.Binary(t), t.TempDir(), &out)
+	d, err := setup(Options{Legacygate: harness.Binary(t), Dir: t.TempDir(), Out: &out})
 	if err != nil {
 		t.Fatalf("setting up the demo: %v\n%s", err, out.String())
 	}

@@ -24,7 +24,7 @@ func TestFlavorDemoEveryStepBehaves(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.flavor, func(t *testing.T) {
 			var out bytes.Buffer
-			d, err := setupFlavor(tc.flavor, harness.Binary(t), t.TempDir(), &out)
+			d, err := setupFlavor(Options{Flavor: tc.flavor, Legacygate: harness.Binary(t), Dir: t.TempDir(), Out: &out})
 			if err != nil {
 				t.Fatalf("setting up the demo: %v\n%s", err, out.String())
 			}
@@ -44,7 +44,7 @@ func TestFlavorDemoEveryStepBehaves(t *testing.T) {
 }
 
 func TestFlavorDemoUnknownFlavor(t *testing.T) {
-	_, err := setupFlavor("nosuch", "legacygate-not-needed", t.TempDir(), &bytes.Buffer{})
+	_, err := setupFlavor(Options{Flavor: "nosuch", Legacygate: "legacygate-not-needed", Dir: t.TempDir(), Out: &bytes.Buffer{}})
 	if err == nil || !strings.Contains(err.Error(), "--flavor") {
 		t.Fatalf("error %v, want one naming --flavor", err)
 	}

@@ -7,9 +7,9 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
-	"text/template"
 	"time"
 )
 
@@ -22,9 +22,13 @@ const (
 // gateway is the demo's `legacygate run` process. The first load starts it;
 // later loads go through `legacygate reload`, as an administrator's do.
 type gateway struct {
-	bin   string // the legacygate binary
-	dir   string // the demo folder: HOME and XDG directories of the process
-	admin string // the admin endpoint, 127.0.0.1:PORT, set in every configuration
+	bin       string   // the legacygate binary
+	dir       string   // the demo folder: HOME and XDG directories of the process
+	configDir string   // where the shipped configurations are
+	admin     string   // the admin endpoint, 127.0.0.1:PORT, set in every configuration
+	httpPort  int      // Caddy's http_port: the files' http:// sites
+	httpsPort int      // Caddy's https_port: the files' https:// sites and the demo's site
+	env       []string // the environment the last configuration was adapted in
 
 	cmd  *exec.Cmd
 	out  lockedBuffer // what the process wrote before its log moved to a file
@@ -32,13 +36,18 @@ type gateway struct {
 	err  error // the process's exit status, valid after done is closed
 }
 
-// newGateway picks the gateway's admin port; nothing runs until the first load.
-func newGateway(bin, dir string) (*gateway, error) {
-	port, err := freePort()
-	if err != nil {
-		return nil, err
+// newGateway picks the gateway's ports; nothing runs until the first load.
+func newGateway(bin, dir, configDir string) (*gateway, error) {
+	var ports [3]int
+	for i := range ports {
+		p, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		ports[i] = p
 	}
-	return &gateway{bin: bin, dir: dir, admin: fmt.Sprintf("127.0.0.1:%d", port)}, nil
+	return &gateway{bin: bin, dir: dir, configDir: configDir,
+		admin: fmt.Sprintf("127.0.0.1:%d", ports[0]), httpPort: ports[1], httpsPort: ports[2]}, nil
 }
 
 // makeDir makes the demo folder dir, or a temporary one (remove reports
@@ -57,17 +66,23 @@ func makeDir(dir string) (path string, remove bool, err error) {
 	return dir, false, nil
 }
 
-// load renders tmpl with data (plus .Admin) into file and has the gateway
-// serve it: it starts the process the first time and reloads it afterwards.
-func (g *gateway) load(tmpl *template.Template, data map[string]any, file string) error {
-	data["Admin"] = g.admin
-	var b bytes.Buffer
-	if err := tmpl.Execute(&b, data); err != nil {
+// load writes the shipped configuration name, with the demo's global
+// options, into file and has the gateway serve it with vars set in its
+// environment: it starts the process the first time and reloads it
+// afterwards.
+func (g *gateway) load(name string, vars map[string]string, file string) error {
+	shipped, err := readShipped(g.configDir, name)
+	if err != nil {
+		return err
+	}
+	caddyfile, err := withGlobals(shipped, demoGlobals(g.admin, g.dir, g.httpPort, g.httpsPort))
+	if err != nil {
+		return fmt.Errorf("%s: %w", filepath.Join(g.configDir, name), err)
+	}
+	if err := os.WriteFile(file, []byte(caddyfile), 0o644); err != nil {
 		return fmt.Errorf("writing %s: %w", file, err)
 	}
-	if err := os.WriteFile(file, b.Bytes(), 0o644); err != nil {
-		return fmt.Errorf("writing %s: %w", file, err)
-	}
+	g.env = configEnv(caddyfile, vars)
 	if g.cmd == nil {
 		return g.start(file)
 	}
@@ -77,8 +92,9 @@ func (g *gateway) load(tmpl *template.Template, data map[string]any, file string
 func (g *gateway) start(file string) error {
 	g.cmd = exec.Command(g.bin, "run", "--config", file, "--adapter", "caddyfile")
 	g.cmd.Dir = g.dir
-	// Caddy's fallback paths (instance id, autosave) stay in the demo folder.
-	g.cmd.Env = append(os.Environ(), "HOME="+g.dir, "XDG_DATA_HOME="+g.dir, "XDG_CONFIG_HOME="+g.dir)
+	// The file's variables, and Caddy's fallback paths (instance id,
+	// autosave) in the demo folder.
+	g.cmd.Env = append(g.env, "HOME="+g.dir, "XDG_DATA_HOME="+g.dir, "XDG_CONFIG_HOME="+g.dir)
 	g.cmd.Stdout, g.cmd.Stderr = &g.out, &g.out
 	if err := g.cmd.Start(); err != nil {
 		g.cmd = nil
@@ -127,8 +143,11 @@ func (g *gateway) waitReady() error {
 func (g *gateway) reload(file string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), reloadTimeout)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, g.bin, "reload", "--config", file, "--adapter", "caddyfile",
-		"--address", g.admin, "--force").CombinedOutput()
+	cmd := exec.CommandContext(ctx, g.bin, "reload", "--config", file, "--adapter", "caddyfile",
+		"--address", g.admin, "--force")
+	// The reload adapts the file, so it reads the file's variables.
+	cmd.Env = g.env
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("legacygate reload --config %s: %w\n%s", file, err, out)
 	}
