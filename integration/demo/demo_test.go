@@ -27,7 +27,7 @@ func TestDemoEveryStepBehavesAndTheStoryShowsBothSides(t *testing.T) {
 	if failed := d.runSteps(ctx); failed != 0 {
 		t.Fatalf("%d demo steps misbehaved:\n%s", failed, out.String())
 	}
-	for _, want := range []string{"TLS 1.0 only", "429", "orphaned", "degraded, not orphaned", "steps behaved as expected"} {
+	for _, want := range []string{"TLS 1.0 only", "answered 503 with Retry-After", "orphaned", "degraded, not orphaned", "steps behaved as expected"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("demo output lacks %q:\n%s", want, out.String())
 		}
