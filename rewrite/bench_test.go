@@ -9,7 +9,7 @@ import (
 )
 
 // BenchmarkApply measures the rewrite, as the pipeline runs it (a
-// Transform), on the SyLink of protocol.md against
+// Transform), on the SyLink of docs/protocol.md against
 // the bare operation the pipeline does anyway (parse and serialize), so the
 // ratio of the two sub-benchmarks is the rewrite's cost.
 func BenchmarkApply(b *testing.B) {

@@ -3,7 +3,7 @@
 // HTTPS, and trust the gateway's signing certificate.
 //
 // Element and attribute names come from Rules, not from code: the defaults
-// match the SyLink shape of protocol.md, and another manager's settings
+// match the SyLink shape of docs/protocol.md, and another manager's settings
 // document is handled by naming its elements and attributes.
 //
 // The package is pure: it imports only etree and the standard library, so it
@@ -20,7 +20,7 @@ import (
 	"github.com/beevik/etree"
 )
 
-// Default names: those of the SyLink server list in protocol.md.
+// Default names: those of the SyLink server list in docs/protocol.md.
 const (
 	DefaultServerElement      = "Server"
 	DefaultAddressAttr        = "Address"

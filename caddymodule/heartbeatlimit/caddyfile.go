@@ -33,6 +33,17 @@ import (
 //	    }
 //	}
 //
+// key values are ASCII upper-cased before hashing: SEPM host ids are hex
+// digits or GUIDs, so folding merges only one client's own case variants
+// (HOSTID=ab and hostid=AB share a bucket) instead of giving an id with n
+// letters 2^n buckets. A query placeholder in key ({query.X}) must
+// be a key part of its own; its parameter name matches ignoring case and
+// after decoding, and a request that names X twice (hostid=A&HostId=B), or
+// carries a key header twice, or has a malformed escape in X, is refused
+// with 400 (reason duplicate_key or bad_query in the log and in
+// legacygate_heartbeat_limit_requests_total{outcome="refused"}) and never
+// reaches the manager, which might read the other value.
+//
 // For example, for a SEPM-style manager, one client being a host id seen
 // from one address:
 //

@@ -46,7 +46,7 @@ func TestHeartbeatDistributedTwoInstancesLimitOneClientTogether(t *testing.T) {
 			t.Fatalf("request %d at A: %d", i, w.Code)
 		}
 	}
-	key, _ := a.clientKey(heartbeatRequest("GET", "/?hostid=H1", "203.0.113.5", ""))
+	key, _, _ := a.clientKey(heartbeatRequest("GET", "/?hostid=H1", "203.0.113.5", ""))
 	// A's debt is two tokens at 1/60s, 120 s when spent, and it shrinks as
 	// time passes; more than 110 s is both tokens, seen within 10 s of the
 	// spending however slow the exchange is on a loaded machine.

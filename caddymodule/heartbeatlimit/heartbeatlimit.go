@@ -22,7 +22,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/legacygate/legacygate/caddymodule/internal/response"
 	"github.com/legacygate/legacygate/internal/limiter"
+	"github.com/legacygate/legacygate/internal/query"
 )
 
 func init() {
@@ -42,7 +44,10 @@ func init() {
 // keys whose bucket is full again are swept, so memory stays at about
 // 42 bytes per tracked key whatever clients send. A request whose key cannot
 // be read is limited under one shared fallback key, never let through
-// unlimited.
+// unlimited. A request whose key is ambiguous (a query parameter or header
+// of the key given twice, a malformed escape) is refused with 400 and never
+// passed on. Key values are ASCII case-folded, so case variants of one host
+// id share one bucket.
 //
 // The buckets and the global ceiling's schedule survive configuration
 // reloads. They are kept in a process-wide pool (caddy.UsagePool) under the
@@ -73,7 +78,11 @@ type HeartbeatLimit struct {
 	// Key is the client's identity: placeholders (and literal text),
 	// whose values together form the key. Default {http.vars.client_ip},
 	// the client address after Caddy's trusted_proxies handling. A request
-	// where every placeholder is empty uses the fallback key.
+	// where every placeholder is empty uses the fallback key. A query
+	// placeholder ({http.request.uri.query.X} or {query.X}) must be a part
+	// of its own: it is read by legacygate's one query parser (names
+	// matched ignoring case, repeats refused), not by Caddy's replacer.
+	// Values are ASCII upper-cased before hashing.
 	Key []string `json:"key,omitempty"`
 
 	// XMLBodyElement, when set, takes the key from the text of the first
@@ -227,7 +236,11 @@ func (h *HeartbeatLimit) provisionKey() error {
 		if k == "" {
 			return errors.New("key: empty part")
 		}
-		h.parts = append(h.parts, parseKeyPart(k))
+		part := parseKeyPart(k)
+		if part.kind == partReplacer && query.MentionsPlaceholder(k) {
+			return fmt.Errorf("key: %q: a query placeholder must be a key part of its own, such as {query.hostid}", k)
+		}
+		h.parts = append(h.parts, part)
 	}
 	return nil
 }
@@ -553,7 +566,10 @@ func (s *state) Destruct() error {
 // ServeHTTP passes the request on if its client's bucket and the global
 // ceiling allow it, and answers a rejection otherwise.
 func (h *HeartbeatLimit) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	key, keyed := h.clientKey(r)
+	key, keyed, err := h.clientKey(r)
+	if err != nil {
+		return h.refuse(w, r, err)
+	}
 	if h.perClient != nil {
 		ok, retry := h.allow(key)
 		if !ok {
@@ -640,6 +656,21 @@ func (h *HeartbeatLimit) reject(w http.ResponseWriter, r *http.Request, reason s
 	w.WriteHeader(h.Status)
 	_, err := w.Write(body)
 	return err
+}
+
+// refuse answers 400 to a request whose key is ambiguous, explains it in
+// the log and counts it; such a request never reaches the manager.
+func (h *HeartbeatLimit) refuse(w http.ResponseWriter, r *http.Request, err error) error {
+	reason := response.QueryReason(err)
+	if reason == response.ReasonDuplicateKey {
+		h.counts.refusedDuplicateKey.Inc()
+	} else {
+		h.counts.refusedBadQuery.Inc()
+	}
+	h.logger.Info("heartbeat refused: ambiguous client key",
+		zap.String("reason", reason), zap.Error(err),
+		zap.String("remote", r.RemoteAddr), zap.String("uri", r.RequestURI))
+	return response.RefuseQuery(w, reason)
 }
 
 // retrySeconds turns a delay into whole Retry-After seconds (at

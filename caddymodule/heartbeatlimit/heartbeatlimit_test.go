@@ -2,6 +2,7 @@ package heartbeatlimit
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -16,6 +17,8 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	_ "github.com/caddyserver/caddy/v2/modules/filestorage"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/legacygate/legacygate/caddymodule/internal/response"
 )
 
 // provisionHeartbeat parses a heartbeat_limit Caddyfile block and provisions
@@ -244,6 +247,86 @@ func TestHeartbeatLimitMissingKeyIsLimitedUnderTheFallbackKey(t *testing.T) {
 	}
 }
 
+func TestHeartbeatLimitCaseVariantsOfAHostIDShareABucket(t *testing.T) {
+	tests := []struct {
+		name, first, second string
+		limited             bool
+	}{
+		{"value and key case differ", "HOSTID=ab", "hostid=AB", true},
+		{"mixed case", "hostid=0a1B2c3D", "HostId=0A1b2C3d", true},
+		{"escaped key name", "host%69d=ab", "HOSTID=AB", true},
+		{"another host id is another client", "hostid=ab", "hostid=ac", false},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := provisionHeartbeat(t, fmt.Sprintf("heartbeat_limit {\n zone case%d\n key {query.hostid}\n rate 1/60s\n burst 1\n}", i))
+			next := &countingNext{}
+			if w := serveHeartbeat(t, h, heartbeatRequest("GET", "/secars/secars.dll?action=index&"+tt.first, "203.0.113.5", ""), next); w.Code != http.StatusOK {
+				t.Fatalf("first request: %d, want 200", w.Code)
+			}
+			w := serveHeartbeat(t, h, heartbeatRequest("GET", "/secars/secars.dll?action=index&"+tt.second, "203.0.113.5", ""), next)
+			want := http.StatusOK
+			if tt.limited {
+				want = http.StatusTooManyRequests
+			}
+			if w.Code != want {
+				t.Fatalf("%s after %s: %d, want %d", tt.second, tt.first, w.Code, want)
+			}
+		})
+	}
+}
+
+func TestHeartbeatLimitRefusesAnAmbiguousKey(t *testing.T) {
+	tests := []struct {
+		name, key, target string
+		headers           []string // X-Endpoint-Id values
+		reason            string
+	}{
+		{"host id twice", "{query.hostid}", "hostid=A&hostid=B", nil, response.ReasonDuplicateKey},
+		{"host id twice, same value", "{query.hostid}", "hostid=A&hostid=A", nil, response.ReasonDuplicateKey},
+		{"host id twice, case variants of the name", "{query.hostid} {client_ip}", "hostid=A&HOSTID=B", nil, response.ReasonDuplicateKey},
+		{"host id twice, one escaped", "{http.request.uri.query.hostid}", "hostid=A&host%69d=B", nil, response.ReasonDuplicateKey},
+		{"host id twice, one without value", "{query.hostid}", "hostid&hostid=A", nil, response.ReasonDuplicateKey},
+		{"malformed escape in the host id", "{query.hostid}", "hostid=%zz", nil, response.ReasonBadQuery},
+		{"name another reader takes for hostid", "{query.hostid}", "hostid%00=A", nil, response.ReasonBadQuery},
+		{"key header twice", "{header.X-Endpoint-Id}", "", []string{"E1", "E2"}, response.ReasonDuplicateKey},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := provisionHeartbeat(t, fmt.Sprintf("heartbeat_limit {\n zone dup%d\n key %s\n rate 1/60s\n burst 1\n}", i, tt.key))
+			counter := handlerMetrics.requests.WithLabelValues("refused", tt.reason)
+			before := testutil.ToFloat64(counter)
+			next := &countingNext{}
+			r := heartbeatRequest("GET", "/secars/secars.dll?action=index&"+tt.target, "203.0.113.5", "")
+			for _, v := range tt.headers {
+				r.Header.Add("X-Endpoint-Id", v)
+			}
+			w := serveHeartbeat(t, h, r, next)
+			if w.Code != http.StatusBadRequest || next.calls != 0 {
+				t.Fatalf("status %d, %d requests passed on; want 400 and none", w.Code, next.calls)
+			}
+			if got := testutil.ToFloat64(counter) - before; got != 1 {
+				t.Fatalf("refused{%s} rose by %v, want 1", tt.reason, got)
+			}
+			// The refusal took no token: the client's one request passes.
+			r = heartbeatRequest("GET", "/secars/secars.dll?action=index&hostid=A", "203.0.113.5", "")
+			r.Header.Set("X-Endpoint-Id", "E1")
+			if w := serveHeartbeat(t, h, r, next); w.Code != http.StatusOK {
+				t.Fatalf("the client's first unambiguous request: %d, want 200", w.Code)
+			}
+		})
+	}
+}
+
+func TestHeartbeatLimitQueryPlaceholderIsAKeyPartOfItsOwn(t *testing.T) {
+	for _, key := range []string{"id-{query.hostid}", "{http.request.uri.query.hostid}{client_ip}"} {
+		_, err := tryProvisionHeartbeat(t, "heartbeat_limit {\n key "+key+"\n rate 1/60s\n}")
+		if err == nil || !strings.Contains(err.Error(), "key: ") || !strings.Contains(err.Error(), "a key part of its own") {
+			t.Errorf("key %s: error %v, want one naming key and asking for a part of its own", key, err)
+		}
+	}
+}
+
 const heartbeatSOAP = `<?xml version="1.0" encoding="utf-8"?>
 <soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/">
  <soap:Body><Register xmlns="http://tempuri.org/"><DeviceID>%s</DeviceID><Payload>` + "QUJD" + `</Payload></Register></soap:Body>
@@ -280,7 +363,7 @@ func TestHeartbeatLimitDeviceIDPastThePrefixIsNotRead(t *testing.T) {
 	h := provisionHeartbeat(t, "heartbeat_limit {\n key xml_body DeviceID\n rate 1/60s\n}")
 	body := "<Envelope><Pad>" + strings.Repeat("x", xmlPrefix) + "</Pad><DeviceID>LATE</DeviceID></Envelope>"
 	r := heartbeatRequest("POST", "/", "203.0.113.5", body)
-	if _, keyed := h.clientKey(r); keyed {
+	if _, keyed, _ := h.clientKey(r); keyed {
 		t.Fatal("a device id beyond the 64 KiB prefix was read")
 	}
 	rest, err := io.ReadAll(r.Body)
@@ -358,16 +441,6 @@ func TestHeartbeatRetrySecondsWithJitter(t *testing.T) {
 	for _, tt := range tests {
 		if got := retrySeconds(tt.delay, tt.jitter, tt.u); got != tt.want {
 			t.Errorf("retry(%v, jitter %v, u %v) = %d, want %d", tt.delay, tt.jitter, tt.u, got, tt.want)
-		}
-	}
-}
-
-func TestQueryValueMatchesURLValues(t *testing.T) {
-	queries := []string{"hostid=H1", "a=1&hostid=H2&hostid=H3", "hostid=%41%42", "host%69d=X", "hostid=a+b", "hostid", "hostid=", "x=1", "hostid=%zz&hostid=ok", ""}
-	for _, q := range queries {
-		r := httptest.NewRequest("GET", "/?"+q, nil)
-		if got, want := queryValue(r.URL.RawQuery, "hostid"), r.URL.Query().Get("hostid"); got != want {
-			t.Errorf("query %q: got %q, url.Values says %q", q, got, want)
 		}
 	}
 }

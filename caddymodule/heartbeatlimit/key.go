@@ -3,49 +3,57 @@ package heartbeatlimit
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/textproto"
-	"net/url"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/legacygate/legacygate/internal/query"
 	"github.com/legacygate/legacygate/internal/xmlscan"
 )
 
 // clientKey returns the request's key hash, and false when the key could
-// not be read and the fallback key is used.
-func (h *HeartbeatLimit) clientKey(r *http.Request) (uint64, bool) {
+// not be read and the fallback key is used. An error (a key parameter or
+// header given twice, a malformed escape) means the request is refused.
+func (h *HeartbeatLimit) clientKey(r *http.Request) (uint64, bool, error) {
 	if h.XMLBodyElement != "" {
 		value, ok := xmlBodyKey(r, h.XMLBodyElement)
 		if !ok {
-			return h.fallback, false
+			return h.fallback, false, nil
 		}
 		var buf [128]byte
-		return h.hasher.Sum(appendPart(buf[:0], value)), true
+		return h.hasher.Sum(appendPart(buf[:0], value)), true, nil
 	}
 	var buf [256]byte
 	key := buf[:0]
 	found := false
 	for i := range h.parts {
-		value := h.parts[i].value(r)
+		value, err := h.parts[i].value(r)
+		if err != nil {
+			return 0, false, err
+		}
 		found = found || value != ""
 		key = appendPart(key, value)
 	}
 	if !found {
-		return h.fallback, false
+		return h.fallback, false, nil
 	}
-	return h.hasher.Sum(key), true
+	return h.hasher.Sum(key), true, nil
 }
 
 // appendPart appends a length-prefixed part, so that no two lists
-// of parts encode alike ("a b"+"c" differs from "a"+"b c").
+// of parts encode alike ("a b"+"c" differs from "a"+"b c"). The part is
+// ASCII upper-cased: SEPM host ids are hex GUIDs, so folding merges only a
+// client's own case variants, which would otherwise give one id with n
+// letters 2^n buckets.
 func appendPart(key []byte, part string) []byte {
 	key = binary.AppendUvarint(key, uint64(len(part)))
-	return append(key, part...)
+	return query.AppendUpper(key, part)
 }
 
 // keyPart is one element of the key. The placeholders a
@@ -68,6 +76,9 @@ const (
 )
 
 func parseKeyPart(text string) keyPart {
+	if name, ok := query.Placeholder(text); ok {
+		return keyPart{kind: partQuery, name: name}
+	}
 	inner, ok := strings.CutPrefix(text, "{")
 	if ok {
 		inner, ok = strings.CutSuffix(inner, "}")
@@ -78,10 +89,6 @@ func parseKeyPart(text string) keyPart {
 			return keyPart{kind: partClientIP}
 		case inner == "http.request.remote.host" || inner == "remote_host":
 			return keyPart{kind: partRemoteHost}
-		case strings.HasPrefix(inner, "http.request.uri.query."):
-			return keyPart{kind: partQuery, name: strings.TrimPrefix(inner, "http.request.uri.query.")}
-		case strings.HasPrefix(inner, "query."):
-			return keyPart{kind: partQuery, name: strings.TrimPrefix(inner, "query.")}
 		case strings.HasPrefix(inner, "http.request.header."):
 			return keyPart{kind: partHeader, name: textproto.CanonicalMIMEHeaderKey(strings.TrimPrefix(inner, "http.request.header."))}
 		case strings.HasPrefix(inner, "header."):
@@ -91,28 +98,35 @@ func parseKeyPart(text string) keyPart {
 	return keyPart{kind: partReplacer, text: text}
 }
 
-func (p *keyPart) value(r *http.Request) string {
+// value reads the part from r; a query parameter or header given more than
+// once, or a malformed query, is an error.
+func (p *keyPart) value(r *http.Request) (string, error) {
 	switch p.kind {
 	case partClientIP:
 		if ip, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok {
-			return ip
+			return ip, nil
 		}
-		return remoteHost(r)
+		return remoteHost(r), nil
 	case partRemoteHost:
-		return remoteHost(r)
+		return remoteHost(r), nil
 	case partQuery:
-		return queryValue(r.URL.RawQuery, p.name)
+		v, _, err := query.Single(r.URL.RawQuery, p.name)
+		return v, err
 	case partHeader:
-		if v := r.Header[p.name]; len(v) > 0 {
-			return v[0]
+		v := r.Header[p.name]
+		switch len(v) {
+		case 0:
+			return "", nil
+		case 1:
+			return v[0], nil
 		}
-		return ""
+		return "", fmt.Errorf("header %s: %w", p.name, query.ErrDuplicate)
 	}
 	repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	if !ok {
-		return ""
+		return "", nil
 	}
-	return repl.ReplaceKnown(p.text, "")
+	return repl.ReplaceKnown(p.text, ""), nil
 }
 
 func remoteHost(r *http.Request) string {
@@ -121,35 +135,6 @@ func remoteHost(r *http.Request) string {
 		return r.RemoteAddr
 	}
 	return host
-}
-
-// queryValue returns the first value of name in a raw query, as
-// url.Values.Get would, without building the map.
-func queryValue(query, name string) string {
-	for query != "" {
-		var pair string
-		pair, query, _ = strings.Cut(query, "&")
-		k, v, _ := strings.Cut(pair, "=")
-		if escaped(k) {
-			unescaped, err := url.QueryUnescape(k)
-			if err != nil {
-				continue
-			}
-			k = unescaped
-		}
-		if k != name {
-			continue
-		}
-		if escaped(v) {
-			unescaped, err := url.QueryUnescape(v)
-			if err != nil {
-				continue
-			}
-			v = unescaped
-		}
-		return v
-	}
-	return ""
 }
 
 // xmlBodyKey reads the text of the first element named element
@@ -169,16 +154,6 @@ func xmlBodyKey(r *http.Request, element string) (string, bool) {
 		return "", false
 	}
 	return xmlscan.ElementText(prefix, element)
-}
-
-// escaped reports whether a query component needs unescaping.
-func escaped(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] == '%' || s[i] == '+' {
-			return true
-		}
-	}
-	return false
 }
 
 // replayBody is a body whose first bytes were read and put back.

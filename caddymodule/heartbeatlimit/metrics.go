@@ -5,10 +5,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/legacygate/legacygate/caddymodule/internal/metrics"
+	"github.com/legacygate/legacygate/caddymodule/internal/response"
 )
 
 // Rejection reasons, the values of the metrics' reason label and of
-// {http.heartbeat_limit.reason}.
+// {http.heartbeat_limit.reason}; refusals use response.ReasonDuplicateKey
+// and response.ReasonBadQuery.
 const (
 	reasonKeyed     = "keyed"
 	reasonFallback  = "fallback"
@@ -23,7 +25,7 @@ var handlerMetrics = struct {
 }{
 	requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "legacygate", Subsystem: "heartbeat_limit", Name: "requests_total",
-		Help: "Requests seen by heartbeat_limit, by outcome (allowed, limited) and reason (allowed: keyed, fallback; limited: per_client, fallback, global).",
+		Help: "Requests seen by heartbeat_limit, by outcome (allowed, limited, refused) and reason (allowed: keyed, fallback; limited: per_client, fallback, global; refused: duplicate_key, bad_query).",
 	}, []string{"outcome", "reason"}),
 	tracked: prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: "legacygate", Subsystem: "heartbeat_limit", Name: "tracked_keys",
@@ -40,6 +42,7 @@ var handlerMetrics = struct {
 type counters struct {
 	allowedKeyed, allowedFallback                    prometheus.Counter
 	limitedPerClient, limitedFallback, limitedGlobal prometheus.Counter
+	refusedDuplicateKey, refusedBadQuery             prometheus.Counter
 }
 
 func (h *HeartbeatLimit) provisionMetrics(ctx caddy.Context) error {
@@ -60,6 +63,9 @@ func (h *HeartbeatLimit) provisionMetrics(ctx caddy.Context) error {
 		limitedPerClient: requests.WithLabelValues("limited", reasonPerClient),
 		limitedFallback:  requests.WithLabelValues("limited", reasonFallback),
 		limitedGlobal:    requests.WithLabelValues("limited", reasonGlobal),
+
+		refusedDuplicateKey: requests.WithLabelValues("refused", response.ReasonDuplicateKey),
+		refusedBadQuery:     requests.WithLabelValues("refused", response.ReasonBadQuery),
 	}
 	return nil
 }

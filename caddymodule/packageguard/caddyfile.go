@@ -27,7 +27,12 @@ func parsePackageGuard(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, err
 //
 // upstream_cert may be repeated; its lists add up. Without signature_header
 // the signature is fetched from the package's path plus signature_suffix
-// (default .p7s). Sizes take units (64MiB) or plain bytes. For example:
+// (default .p7s). Sizes take units (64MiB) or plain bytes. An answer that
+// repeats Content-Encoding, Content-Type, Content-Length or
+// Transfer-Encoding, on any status, and a 2xx package encoded other than
+// identity are refused with a 502. There is no allow_non_xml: packages are
+// not XML, and their detached signature covers their exact bytes. For
+// example:
 //
 //	package_guard /epm/packages/* {
 //	    upstream_cert /etc/legacygate/manager.crt

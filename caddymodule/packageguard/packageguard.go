@@ -47,11 +47,16 @@ const (
 // header instead. The signer must be one of the pinned upstream_cert
 // certificates, or issued by one. A package that verifies is forwarded byte
 // for byte; anything else in scope (no signature, a signature that does not
-// verify, a body cut short, compressed, partial or over max_size) is refused
-// with a 502 and none of the manager's bytes reach the client.
+// verify, a body cut short, partial or over max_size, any Content-Encoding
+// but a single identity) is refused with a 502 and none of the manager's
+// bytes reach the client. An answer of any status, signature files
+// included, that repeats Content-Encoding, Content-Type, Content-Length or
+// Transfer-Encoding is refused too: a client may read it differently.
 //
 // Passed through unchanged: requests for the signature files themselves, and
-// non-2xx responses (a client installs nothing from an error).
+// non-2xx responses (a client installs nothing from an error). Unlike
+// policy_guard and xml_guard there is no allow_non_xml: a package is
+// judged by its detached signature over its exact bytes, whatever they are.
 type PackageGuard struct {
 	// UpstreamCerts are PEM files holding the manager certificates whose keys
 	// may sign packages.
@@ -106,6 +111,7 @@ const (
 	pkgReasonBadSignatureEnc  = "bad_signature_encoding"
 	pkgReasonUpstream         = "upstream_error"
 	pkgReasonSignature        = "bad_signature" // or the verifier's reason: untrusted_key, digest_mismatch, malformed_cms, …
+	pkgReasonDuplicateHeader  = response.ReasonDuplicateHeader
 )
 
 var guardResults = prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -179,8 +185,14 @@ func pkgHeaderName(s string) bool {
 // writes the package only when it verifies.
 func (g *PackageGuard) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	if g.SignatureHeader == "" && strings.HasSuffix(r.URL.Path, g.SignatureSuffix) {
+		// Held, not streamed, so that a repeated singleton header is refused.
+		sig, err := g.fetch(r, next, g.MaxSize)
+		defer sig.Release()
+		if err != nil {
+			return g.fail(w, r, sig, err)
+		}
 		g.count(pkgResultPassed, pkgReasonSignatureFile)
-		return next.ServeHTTP(w, r)
+		return sig.Forward(w, r, false)
 	}
 	pkg, err := g.fetch(packageRequest(r, ""), next, g.MaxSize)
 	defer pkg.Release()
@@ -235,11 +247,15 @@ func packageRequest(r *http.Request, suffix string) *http.Request {
 
 // fetch runs the rest of the chain for req into a buffer of at most limit
 // bytes, nothing streamed. A body that failed mid-copy (reverse_proxy's
-// http.ErrAbortHandler) is incomplete. The recorder is never nil; release it.
+// http.ErrAbortHandler) is incomplete, unless the answer repeats a
+// singleton header: that is its refusal, whether or not its body arrived.
+// The recorder is never nil; release it.
 func (g *PackageGuard) fetch(req *http.Request, next caddyhttp.Handler, limit int64) (*response.Recorder, error) {
 	rec := response.NewRecorder(nil, limit, nil)
 	aborted, err := response.ServeNext(rec, req, next)
 	switch {
+	case rec.Ambiguous() != nil:
+		return rec, &response.Refusal{Reason: pkgReasonDuplicateHeader, Err: rec.Ambiguous()}
 	case aborted:
 		return rec, &response.Refusal{Reason: pkgReasonIncomplete, Err: errors.New("the upstream response body ended early")}
 	case rec.TooLarge():
@@ -258,8 +274,8 @@ func checkPackage(rec *response.Recorder) error {
 	if rec.Status() == http.StatusPartialContent {
 		return &response.Refusal{Reason: pkgReasonPartialContent, Err: errors.New("manager answered 206 Partial Content although no range was asked")}
 	}
-	if ce := rec.Held().Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
-		return &response.Refusal{Reason: pkgReasonContentEncoding, Err: fmt.Errorf("manager sent Content-Encoding %q although identity was asked", ce)}
+	if err := response.IdentityEncoded(rec.Held()); err != nil {
+		return &response.Refusal{Reason: pkgReasonContentEncoding, Err: err}
 	}
 	if cl := rec.Held().Get("Content-Length"); cl != "" && cl != strconv.Itoa(rec.Len()) {
 		return &response.Refusal{Reason: pkgReasonIncomplete, Err: fmt.Errorf("manager promised Content-Length %s and sent %d bytes", cl, rec.Len())}
@@ -330,14 +346,18 @@ func (g *PackageGuard) refuse(w http.ResponseWriter, r *http.Request, pkg *respo
 		reason = ref.Reason
 	}
 	g.count(pkgResultRefused, reason)
-	g.logger.Warn("package refused",
+	fields := []zap.Field{
 		zap.String("reason", reason),
 		zap.String("path", r.URL.Path),
 		zap.Int("upstream_status", pkg.Status()),
 		zap.Int("upstream_bytes", pkg.Len()),
 		zap.Strings("pinned", g.pinned),
 		zap.Error(err),
-	)
+	}
+	if name := response.HeaderName(err); name != "" {
+		fields = append(fields, zap.String("header", name))
+	}
+	g.logger.Warn("package refused", fields...)
 	return response.Refuse(w, http.StatusBadGateway, 0, packageRefusalBody)
 }
 

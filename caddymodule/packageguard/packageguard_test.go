@@ -2,10 +2,12 @@ package packageguard
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -25,6 +27,20 @@ import (
 
 	"github.com/legacygate/legacygate/integration/certs"
 )
+
+// gzipped returns s compressed, as a hostile manager would send it.
+func gzipped(t *testing.T, s string) string {
+	t.Helper()
+	var b bytes.Buffer
+	zw := gzip.NewWriter(&b)
+	if _, err := io.WriteString(zw, s); err != nil {
+		t.Fatal(err)
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
+}
 
 // packageSigners are the manager's pair and an unrelated one, made once.
 var packageSigners = sync.OnceValues(func() ([2]*certs.Pair, error) {
@@ -242,6 +258,80 @@ func TestPackageGuardForwardsOnlyVerifiedPackages(t *testing.T) {
 			}
 			if got := testutil.ToFloat64(guardResults.WithLabelValues(tc.wantResult, tc.wantReason)) - before; got != 1 {
 				t.Fatalf("metric {%s,%s} grew by %v, want 1", tc.wantResult, tc.wantReason, got)
+			}
+		})
+	}
+}
+
+func TestPackageGuardFailsClosedOnAmbiguousAnswers(t *testing.T) {
+	pc, pairs := newPackageCase(t)
+	const path = "/epm/packages/EPS.msi"
+	gz := []byte(gzipped(t, string(pc.content)))
+	sig := packageFile{200, nil, pc.p7s}
+	tests := []struct {
+		name      string
+		request   string
+		files     map[string]packageFile
+		abort     bool
+		wantCode  int
+		result    string
+		reason    string
+		named     string // the header named in the log line, "" for none
+		forbidden []byte // manager bytes that must not reach the client
+	}{
+		{"Content-Encoding identity then gzip", path, map[string]packageFile{path: {200, http.Header{"Content-Encoding": {"identity", "gzip"}}, gz}, path + ".p7s": sig}, false, 502, pkgResultRefused, pkgReasonDuplicateHeader, "Content-Encoding", gz},
+		{"Content-Encoding empty then gzip", path, map[string]packageFile{path: {200, http.Header{"Content-Encoding": {"", "gzip"}}, gz}, path + ".p7s": sig}, false, 502, pkgResultRefused, pkgReasonDuplicateHeader, "Content-Encoding", gz},
+		{"repeated header, manager aborts mid-body", path, map[string]packageFile{path: {200, http.Header{"Content-Encoding": {"identity", "gzip"}}, gz}, path + ".p7s": sig}, true, 502, pkgResultRefused, pkgReasonDuplicateHeader, "Content-Encoding", gz[:16]},
+		{"gzip alone", path, map[string]packageFile{path: {200, http.Header{"Content-Encoding": {"gzip"}}, gz}, path + ".p7s": sig}, false, 502, pkgResultRefused, pkgReasonContentEncoding, "Content-Encoding", gz},
+		{"identity, gzip on one line", path, map[string]packageFile{path: {200, http.Header{"Content-Encoding": {"identity, gzip"}}, gz}, path + ".p7s": sig}, false, 502, pkgResultRefused, pkgReasonContentEncoding, "Content-Encoding", gz},
+		{"empty Content-Encoding", path, map[string]packageFile{path: {200, http.Header{"Content-Encoding": {""}}, pc.content}, path + ".p7s": sig}, false, 502, pkgResultRefused, pkgReasonContentEncoding, "Content-Encoding", pc.content[:64]},
+		{"Content-Type twice", path, map[string]packageFile{path: {200, http.Header{"Content-Type": {"application/octet-stream", "text/xml"}}, pc.content}, path + ".p7s": sig}, false, 502, pkgResultRefused, pkgReasonDuplicateHeader, "Content-Type", pc.content[:64]},
+		{"Content-Length under a second spelling", path, map[string]packageFile{path: {200, http.Header{"content-length": {"10"}}, pc.content}, path + ".p7s": sig}, false, 502, pkgResultRefused, pkgReasonDuplicateHeader, "Content-Length", pc.content[:64]},
+		{"repeated header on the signature file", path, map[string]packageFile{path: {200, nil, pc.content}, path + ".p7s": {200, http.Header{"Content-Encoding": {"identity", "gzip"}}, pc.p7s}}, false, 502, pkgResultRefused, pkgReasonDuplicateHeader, "Content-Encoding", pc.content[:64]},
+		{"repeated header on a manager error", path, map[string]packageFile{path: {503, http.Header{"Content-Type": {"text/plain", "text/html"}}, []byte("busy <Profile/>")}}, false, 502, pkgResultRefused, pkgReasonDuplicateHeader, "Content-Type", []byte("<Profile")},
+		{"signature file requested, repeated header", path + ".p7s", map[string]packageFile{path + ".p7s": {200, http.Header{"Transfer-Encoding": {"chunked", "identity"}}, pc.p7s}}, false, 502, pkgResultRefused, pkgReasonDuplicateHeader, "Transfer-Encoding", pc.p7s[:64]},
+		{"signed package with Content-Encoding identity", path, map[string]packageFile{path: {200, http.Header{"Content-Encoding": {"Identity"}}, pc.content}, path + ".p7s": sig}, false, 200, pkgResultVerified, pkgReasonVerified, "", nil},
+		{"signature file requested", path + ".p7s", map[string]packageFile{path + ".p7s": sig}, false, 200, pkgResultPassed, pkgReasonSignatureFile, "", nil},
+	}
+	certFile := writeCert(t, pairs[0])
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			g := &PackageGuard{UpstreamCerts: []string{certFile}}
+			if err := provisionPackageGuard(t, g); err != nil {
+				t.Fatal(err)
+			}
+			core, logs := observer.New(zapcore.InfoLevel)
+			g.logger = zap.New(core)
+			before := testutil.ToFloat64(guardResults.WithLabelValues(tc.result, tc.reason))
+			m := &packageManager{files: tc.files, requests: map[string]int{}, abort: tc.abort}
+			w := httptest.NewRecorder()
+			if err := g.ServeHTTP(w, httptest.NewRequest(http.MethodGet, tc.request, nil), m); err != nil {
+				t.Fatalf("ServeHTTP: %v", err)
+			}
+			if w.Code != tc.wantCode {
+				t.Fatalf("status %d, want %d (body %q)", w.Code, tc.wantCode, w.Body.Bytes()[:min(w.Body.Len(), 100)])
+			}
+			if got := testutil.ToFloat64(guardResults.WithLabelValues(tc.result, tc.reason)) - before; got != 1 {
+				t.Fatalf("metric {%s,%s} grew by %v, want 1", tc.result, tc.reason, got)
+			}
+			if tc.wantCode != 502 {
+				if want := tc.files[tc.request].body; !bytes.Equal(w.Body.Bytes(), want) {
+					t.Fatal("the forwarded answer differs from the manager's")
+				}
+				return
+			}
+			if w.Body.String() != packageRefusalBody || bytes.Contains(w.Body.Bytes(), tc.forbidden) {
+				t.Fatalf("refusal body %q carries more than the refusal", w.Body.Bytes()[:min(w.Body.Len(), 100)])
+			}
+			if ce := w.Header().Values("Content-Encoding"); len(ce) != 0 {
+				t.Errorf("client received Content-Encoding %q", ce)
+			}
+			refused := logs.FilterMessage("package refused").FilterField(zap.String("reason", tc.reason)).All()
+			if len(refused) != 1 {
+				t.Fatalf("no %q log line with reason %s: %v", "package refused", tc.reason, logs.All())
+			}
+			if got, _ := refused[0].ContextMap()["header"].(string); got != tc.named {
+				t.Errorf("log header %q, want %q", got, tc.named)
 			}
 		})
 	}

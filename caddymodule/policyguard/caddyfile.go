@@ -24,13 +24,17 @@ func parsePolicyGuard(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, erro
 //	    ignore_expiry
 //	    max_size      <size>
 //	    cache_size    <size>
+//	    allow_non_xml <media-type> [<media-type>...]
 //	    rewrite {
 //	        ...
 //	    }
 //	}
 //
-// upstream_cert and roots may be repeated; their lists add up. Sizes take
-// units (16MiB, 64MB) or plain bytes. Without signing_key, the legacygate
+// upstream_cert, roots and allow_non_xml may be repeated; their lists add
+// up. allow_non_xml names the media types (text/plain) whose 2xx bodies may
+// pass although they are not XML; without it such a body is refused with a
+// 502. A body that is XML is judged as XML whatever its Content-Type. Sizes
+// take units (16MiB, 64MB) or plain bytes. Without signing_key, the legacygate
 // global option supplies the keys. The rewrite block's syntax is in
 // unmarshalGuardRewrite.
 func (g *PolicyGuard) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -61,6 +65,8 @@ func (g *PolicyGuard) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			g.CacheSize, err = caddyarg.Size(d)
 		case "rewrite":
 			g.Rewrite, err = unmarshalGuardRewrite(d)
+		case "allow_non_xml":
+			g.AllowNonXML, err = caddyarg.Append(d, g.AllowNonXML)
 		default:
 			return d.Errf("policy_guard: unknown subdirective %q", d.Val())
 		}

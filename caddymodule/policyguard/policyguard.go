@@ -54,15 +54,20 @@ const (
 // receives the payload signed by the gateway's key, with Content-Length and
 // ETag computed from those bytes. Refused with a 502, with nothing of the
 // manager's response reaching the client: a listed root without a valid
-// signature, a body cut short, over max_size, compressed although identity
-// was asked for, a partial (206) response, UTF-16 or UTF-32 text, or XML
-// whose prolog cannot be read to its root element.
+// signature, a body cut short, over max_size, with any Content-Encoding but
+// a single identity (identity was asked for), a partial (206) response,
+// UTF-16 or UTF-32 text, XML whose prolog cannot be read to its root
+// element, and a body that is not XML (see AllowNonXML). Whether a body is
+// XML is decided by its bytes, never by its Content-Type. An answer of any
+// status that repeats Content-Encoding, Content-Type, Content-Length or
+// Transfer-Encoding is refused too: a client may read it differently.
 //
 // Passed through unchanged: non-2xx responses (a client never applies a policy
-// from an error), responses without a body (204, 205, 304), bodies that are
-// not XML (their first byte after whitespace is not '<'), and XML whose root
-// is not listed, such as the unsigned index document at the same path (with
-// a rewrite block, the index's settings serial gets a suffix; see IndexSerial).
+// from an error), responses without a body (204, 205, 304, or an empty 2xx
+// body), non-XML bodies of a media type listed in AllowNonXML, and XML whose
+// root is not listed, such as the unsigned index document at the same path
+// (with a rewrite block, the index's settings serial gets a suffix; see
+// IndexSerial).
 type PolicyGuard struct {
 	// UpstreamCerts are PEM files holding the manager certificates whose keys
 	// may sign policy payloads. List the current and the next certificate
@@ -102,12 +107,20 @@ type PolicyGuard struct {
 	// (see GuardRewrite). Nil: payloads are re-signed unchanged.
 	Rewrite *GuardRewrite `json:"rewrite,omitempty"`
 
-	pipeline  resigner
-	heartbeat func(*http.Request) // tells the legacygate app of each request; nil without the app
-	index     *indexSerial        // rewrites the index's settings serial; nil without rewrite
-	pinned    []string
-	logger    *zap.Logger
-	results   *prometheus.CounterVec
+	// AllowNonXML lists the media types (type/subtype, such as text/plain)
+	// of the 2xx answers in scope that may pass although their body is not
+	// XML, such as the "OK" of a reachability probe or a log upload. A body
+	// that is XML is judged as XML whatever its Content-Type says. Empty: a
+	// non-empty 2xx body that is not XML is refused.
+	AllowNonXML []string `json:"allow_non_xml,omitempty"`
+
+	allowNonXML []string // AllowNonXML, lower-cased
+	pipeline    resigner
+	heartbeat   func(*http.Request) // tells the legacygate app of each request; nil without the app
+	index       *indexSerial        // rewrites the index's settings serial; nil without rewrite
+	pinned      []string
+	logger      *zap.Logger
+	results     *prometheus.CounterVec
 }
 
 // CaddyModule returns the Caddy module information.
@@ -150,6 +163,7 @@ const (
 	reasonXMLEncoding     = "xml_encoding"
 	reasonSignFailed      = "sign_failed"
 	reasonNoSigner        = "no_signer"
+	reasonDuplicateHeader = response.ReasonDuplicateHeader
 
 	reasonAwaitingConfirmation = "awaiting_confirmation"
 )
@@ -182,6 +196,9 @@ func (g *PolicyGuard) Provision(ctx caddy.Context) error {
 		g.CacheSize = defaultPolicyCacheSize
 	}
 	var err error
+	if g.allowNonXML, err = response.MediaTypes("policy_guard: allow_non_xml", g.AllowNonXML); err != nil {
+		return err
+	}
 	if g.results, err = metrics.Register(ctx.GetMetricsRegistry(), policyGuardMetrics.results); err != nil {
 		return err
 	}
@@ -359,6 +376,9 @@ func (g *PolicyGuard) Validate() error {
 			return fmt.Errorf("policy_guard: roots: %q is not an element name", root)
 		}
 	}
+	if _, err := response.MediaTypes("policy_guard: allow_non_xml", g.AllowNonXML); err != nil {
+		return err
+	}
 	if g.Rewrite != nil {
 		return g.Rewrite.validate(g.Roots)
 	}
@@ -378,6 +398,8 @@ func (g *PolicyGuard) ServeHTTP(w http.ResponseWriter, r *http.Request, next cad
 
 	aborted, err := response.ServeNext(rec, up, next)
 	switch {
+	case rec.Ambiguous() != nil:
+		return g.refuse(w, r, rec, &response.Refusal{Reason: reasonDuplicateHeader, Err: rec.Ambiguous()})
 	case !rec.WroteHeader() || rec.Streamed():
 		if aborted {
 			panic(http.ErrAbortHandler)
@@ -404,17 +426,16 @@ func (g *PolicyGuard) finish(w http.ResponseWriter, r *http.Request, rec *respon
 	if err != nil {
 		return g.refuse(w, r, rec, err)
 	}
+	if root == nil {
+		return g.passNonXML(w, r, rec, body, ifNoneMatch)
+	}
 	if !g.listed(root) {
 		if g.index.matches(root) {
 			if done, err := g.rewriteIndex(w, r, rec, body); done {
 				return err
 			}
 		}
-		reason := reasonUnlistedRoot
-		if root == nil {
-			reason = reasonNotXML
-		}
-		g.count(resultPassed, reason)
+		g.count(resultPassed, reasonUnlistedRoot)
 		response.CopyHeader(w.Header(), rec.Held())
 		return writeResponse(w, r, rec.Status(), body, ifNoneMatch)
 	}
@@ -436,6 +457,21 @@ func (g *PolicyGuard) finish(w http.ResponseWriter, r *http.Request, rec *respon
 	return writeResponse(w, r, rec.Status(), out.body, ifNoneMatch)
 }
 
+// passNonXML forwards an empty body, or a body that is not XML when its
+// media type is listed in allow_non_xml, and refuses any other.
+func (g *PolicyGuard) passNonXML(w http.ResponseWriter, r *http.Request, rec *response.Recorder, body []byte, ifNoneMatch string) error {
+	reason := reasonNotXML
+	switch {
+	case len(body) == 0:
+		reason = reasonNoBody
+	case !response.MediaTypeListed(rec.Held(), g.allowNonXML):
+		return g.refuse(w, r, rec, &response.Refusal{Reason: reasonNotXML, Err: fmt.Errorf("a %d-byte body that is not XML, Content-Type %q not listed in allow_non_xml", len(body), rec.Held().Get("Content-Type"))})
+	}
+	g.count(resultPassed, reason)
+	response.CopyHeader(w.Header(), rec.Held())
+	return writeResponse(w, r, rec.Status(), body, ifNoneMatch)
+}
+
 // staleAfterResign are the manager's headers that describe bytes the client
 // no longer receives. Last-Modified goes too: the re-signed payload changes
 // when the gateway's key changes, not only when the manager's does, and the
@@ -450,8 +486,8 @@ func checkBuffered(rec *response.Recorder, body []byte) error {
 	if rec.Status() == http.StatusPartialContent {
 		return &response.Refusal{Reason: reasonPartialContent, Err: errors.New("manager answered 206 Partial Content although no range was asked")}
 	}
-	if ce := rec.Held().Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
-		return &response.Refusal{Reason: reasonContentEncoding, Err: fmt.Errorf("manager sent Content-Encoding %q although identity was asked", ce)}
+	if err := response.IdentityEncoded(rec.Held()); err != nil {
+		return &response.Refusal{Reason: reasonContentEncoding, Err: err}
 	}
 	var digits [20]byte
 	if cl := rec.Held().Get("Content-Length"); cl != "" && cl != string(strconv.AppendInt(digits[:0], int64(len(body)), 10)) {
@@ -490,6 +526,9 @@ func (g *PolicyGuard) refuse(w http.ResponseWriter, r *http.Request, rec *respon
 		zap.Strings("pinned", g.pinned),
 		zap.Strings("seen", documentCertificates(rec.Body())),
 		zap.Error(err),
+	}
+	if name := response.HeaderName(err); name != "" {
+		fields = append(fields, zap.String("header", name))
 	}
 	g.logger.Warn("policy payload refused", fields...)
 

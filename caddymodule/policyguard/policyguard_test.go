@@ -2,6 +2,7 @@ package policyguard
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -88,8 +89,9 @@ type fakeManager struct {
 	status  int
 	header  map[string]string
 	body    string
-	cutAt   int  // write only body[:cutAt], then fail; 0: write everything
-	panics  bool // fail the reverse_proxy way, by panicking with ErrAbortHandler
+	cutAt   int         // write only body[:cutAt], then fail; 0: write everything
+	panics  bool        // fail the reverse_proxy way, by panicking with ErrAbortHandler
+	lines   http.Header // added after header, one line per value (repeated headers)
 	seenReq *http.Request
 }
 
@@ -97,6 +99,11 @@ func (m *fakeManager) ServeHTTP(w http.ResponseWriter, r *http.Request) error {
 	m.seenReq = r
 	for k, v := range m.header {
 		w.Header().Set(k, v)
+	}
+	for k, vs := range m.lines {
+		for _, v := range vs {
+			w.Header().Add(k, v)
+		}
 	}
 	if _, ok := m.header["Content-Length"]; !ok {
 		w.Header().Set("Content-Length", strconv.Itoa(len(m.body)))
@@ -261,8 +268,8 @@ func TestPolicyGuardPassesUnlistedAndNonPolicyResponses(t *testing.T) {
 	}{
 		{"index document", fakeManager{status: 200, body: indexDoc}, reasonUnlistedRoot},
 		{"index after prolog and DOCTYPE", fakeManager{status: 200, body: `<?xml version="1.0"?><!-- c --><!DOCTYPE Index [<!ENTITY a "]>"> <!-- ]> -->]>` + "\n" + indexDoc}, reasonUnlistedRoot},
-		{"hello probe", fakeManager{status: 200, body: "OK"}, reasonNotXML},
-		{"empty body", fakeManager{status: 200, body: ""}, reasonNotXML},
+		{"hello probe of a listed media type", fakeManager{status: 200, body: "OK"}, reasonNotXML},
+		{"empty body", fakeManager{status: 200, body: ""}, reasonNoBody},
 		{"bad request", fakeManager{status: 400, body: "4 Bad format."}, reasonStatus},
 		{"manager error with an XML body", fakeManager{status: 503, body: unsignedProfile}, reasonStatus},
 		{"no content", fakeManager{status: 204}, reasonStatus},
@@ -270,8 +277,9 @@ func TestPolicyGuardPassesUnlistedAndNonPolicyResponses(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			g := newTestGuard(t, defaultPolicyMaxSize)
+			g.allowNonXML = []string{"text/plain"}
 			m := tc.m
-			m.header = map[string]string{"X-Manager": "kept", "Etag": `"m"`}
+			m.header = map[string]string{"X-Manager": "kept", "Etag": `"m"`, "Content-Type": "text/plain"}
 			w := serve(t, g, httptest.NewRequest("GET", "/secars/secars.dll", nil), &m)
 			if w.Code != m.status || w.Body.String() != m.body {
 				t.Errorf("got %d %q, want %d %q unchanged", w.Code, w.Body.String(), m.status, m.body)
@@ -336,6 +344,148 @@ func TestPolicyGuardReturnsUpstreamErrorsBeforeAnyResponse(t *testing.T) {
 	}
 }
 
+// gzipped returns s compressed, as a hostile manager would send it.
+func gzipped(t *testing.T, s string) string {
+	t.Helper()
+	var b bytes.Buffer
+	zw := gzip.NewWriter(&b)
+	if _, err := io.WriteString(zw, s); err != nil {
+		t.Fatal(err)
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
+}
+
+func TestPolicyGuardFailsClosedOnAmbiguousAnswers(t *testing.T) {
+	gz := gzipped(t, unsignedProfile)
+	tests := []struct {
+		name   string
+		allow  []string
+		m      fakeManager
+		reason string
+		header string // the header named in the log line, "" for none
+	}{
+		{"Content-Encoding identity then gzip", nil, fakeManager{status: 200, body: gz, lines: http.Header{"Content-Encoding": {"identity", "gzip"}}}, reasonDuplicateHeader, "Content-Encoding"},
+		{"Content-Encoding empty then gzip", nil, fakeManager{status: 200, body: gz, lines: http.Header{"Content-Encoding": {"", "gzip"}}}, reasonDuplicateHeader, "Content-Encoding"},
+		{"Content-Encoding under two spellings", nil, fakeManager{status: 200, body: gz, header: map[string]string{"Content-Encoding": "identity"}, lines: http.Header{"content-encoding": {"gzip"}}}, reasonDuplicateHeader, "Content-Encoding"},
+		{"gzip alone", nil, fakeManager{status: 200, body: gz, header: map[string]string{"Content-Encoding": "gzip"}}, reasonContentEncoding, "Content-Encoding"},
+		{"identity, gzip on one line", nil, fakeManager{status: 200, body: gz, header: map[string]string{"Content-Encoding": "identity, gzip"}}, reasonContentEncoding, "Content-Encoding"},
+		{"empty Content-Encoding", nil, fakeManager{status: 200, body: unsignedProfile, lines: http.Header{"Content-Encoding": {""}}}, reasonContentEncoding, "Content-Encoding"},
+		{"Content-Type twice", []string{"text/plain"}, fakeManager{status: 200, body: unsignedProfile, lines: http.Header{"Content-Type": {"text/plain", "text/xml"}}}, reasonDuplicateHeader, "Content-Type"},
+		{"Content-Length twice", nil, fakeManager{status: 200, body: unsignedProfile, header: map[string]string{"Content-Length": strconv.Itoa(len(unsignedProfile))}, lines: http.Header{"Content-Length": {strconv.Itoa(len(unsignedProfile))}}}, reasonDuplicateHeader, "Content-Length"},
+		{"Transfer-Encoding twice", nil, fakeManager{status: 200, body: unsignedProfile, lines: http.Header{"Transfer-Encoding": {"chunked", "identity"}}}, reasonDuplicateHeader, "Transfer-Encoding"},
+		{"repeated header on an error answer", nil, fakeManager{status: 404, body: unsignedProfile, lines: http.Header{"Content-Encoding": {"identity", "gzip"}}}, reasonDuplicateHeader, "Content-Encoding"},
+		{"repeated header on 204", nil, fakeManager{status: 204, lines: http.Header{"Content-Type": {"text/xml", "text/plain"}}}, reasonDuplicateHeader, "Content-Type"},
+		{"unsigned Profile labelled text/plain", []string{"text/plain"}, fakeManager{status: 200, body: unsignedProfile, header: map[string]string{"Content-Type": "text/plain"}}, "no_signature", ""},
+		{"unsigned Profile after a BOM, labelled octet-stream", []string{"application/octet-stream"}, fakeManager{status: 200, body: "\xef\xbb\xbf \n" + unsignedProfile, header: map[string]string{"Content-Type": "application/octet-stream"}}, "no_signature", ""},
+		{"non-XML body, nothing allowed", nil, fakeManager{status: 200, body: "OK", header: map[string]string{"Content-Type": "text/plain"}}, reasonNotXML, ""},
+		{"non-XML body of an unlisted media type", []string{"text/plain"}, fakeManager{status: 200, body: gz, header: map[string]string{"Content-Type": "application/octet-stream"}}, reasonNotXML, ""},
+		{"non-XML body without Content-Type", []string{"text/plain"}, fakeManager{status: 200, body: gz}, reasonNotXML, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			g := newTestGuard(t, defaultPolicyMaxSize)
+			g.allowNonXML = tc.allow
+			m := tc.m
+			w := serve(t, g, httptest.NewRequest("GET", "/secars/secars.dll?action=profile", nil), &m)
+
+			if w.Code != http.StatusBadGateway {
+				t.Fatalf("status %d, want 502", w.Code)
+			}
+			body := w.Body.String()
+			if body != refusalBody || strings.Contains(body, "<Profile") || (m.body != "" && strings.Contains(body, m.body)) {
+				t.Errorf("client received %q, want only the gateway's refusal", body)
+			}
+			if ce := w.Header().Values("Content-Encoding"); len(ce) != 0 {
+				t.Errorf("client received Content-Encoding %q", ce)
+			}
+			if got := g.resultCount(resultRefused, tc.reason); got != 1 {
+				t.Errorf("refused/%s counted %v times, want 1", tc.reason, got)
+			}
+			entries := g.logs.FilterMessage("policy payload refused").All()
+			if len(entries) != 1 {
+				t.Fatalf("%d refusal log lines, want 1", len(entries))
+			}
+			fields := entries[0].ContextMap()
+			if fields["reason"] != tc.reason {
+				t.Errorf("log reason %v, want %s", fields["reason"], tc.reason)
+			}
+			if got, _ := fields["header"].(string); got != tc.header {
+				t.Errorf("log header %q, want %q (fields %v)", got, tc.header, fields)
+			}
+		})
+	}
+}
+
+func TestPolicyGuardPassesWhatIsPlain(t *testing.T) {
+	tests := []struct {
+		name           string
+		allow          []string
+		m              fakeManager
+		result, reason string
+		want           string
+	}{
+		{"signed payload with Content-Encoding identity", nil, fakeManager{status: 200, body: signedProfile, header: map[string]string{"Content-Encoding": "identity"}}, resultSigned, reasonVerified, fakeSigned},
+		{"signed payload with Content-Encoding IDENTITY", nil, fakeManager{status: 200, body: signedProfile, header: map[string]string{"Content-Encoding": " IDENTITY "}}, resultSigned, reasonVerified, fakeSigned},
+		{"signed payload labelled text/plain", []string{"text/plain"}, fakeManager{status: 200, body: signedProfile, header: map[string]string{"Content-Type": "text/plain"}}, resultSigned, reasonVerified, fakeSigned},
+		{"non-XML body of a listed media type", []string{"text/plain"}, fakeManager{status: 200, body: "OK", header: map[string]string{"Content-Type": "Text/Plain; charset=utf-8"}}, resultPassed, reasonNotXML, "OK"},
+		{"empty 2xx body", nil, fakeManager{status: 200}, resultPassed, reasonNoBody, ""},
+		{"error answer, gzip, not listed", nil, fakeManager{status: 500, body: "\x1f\x8b", header: map[string]string{"Content-Encoding": "gzip"}}, resultPassed, reasonStatus, "\x1f\x8b"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			g := newTestGuard(t, defaultPolicyMaxSize)
+			g.allowNonXML = tc.allow
+			m := tc.m
+			w := serve(t, g, httptest.NewRequest("GET", "/secars/secars.dll?action=profile", nil), &m)
+			if w.Code != m.status || w.Body.String() != tc.want {
+				t.Fatalf("got %d %q, want %d %q", w.Code, w.Body.String(), m.status, tc.want)
+			}
+			if got := g.resultCount(tc.result, tc.reason); got != 1 {
+				t.Errorf("%s/%s counted %v times, want 1", tc.result, tc.reason, got)
+			}
+			if n := len(g.logs.FilterMessage("policy payload refused").All()); n != 0 {
+				t.Errorf("%d refusal log lines, want none", n)
+			}
+		})
+	}
+}
+
+func TestPolicyGuardAllowNonXMLIsCheckedAtProvision(t *testing.T) {
+	tests := []struct {
+		list    []string
+		want    []string
+		wantErr bool
+	}{
+		{[]string{"text/plain", "Application/JSON"}, []string{"text/plain", "application/json"}, false},
+		{[]string{"text"}, nil, true},
+		{[]string{"text/*"}, nil, true},
+		{[]string{"text/plain; charset=utf-8"}, nil, true},
+		{[]string{""}, nil, true},
+		{[]string{"text/plain/x"}, nil, true},
+	}
+	for _, tc := range tests {
+		g := &PolicyGuard{UpstreamCerts: []string{"m.crt"}, Roots: []string{"Profile"}, AllowNonXML: tc.list}
+		err := g.Validate()
+		if (err != nil) != tc.wantErr {
+			t.Errorf("Validate(%q) = %v, want error %v", tc.list, err, tc.wantErr)
+			continue
+		}
+		if err != nil {
+			if !strings.Contains(err.Error(), "policy_guard: allow_non_xml") {
+				t.Errorf("Validate(%q) = %v, want the field named", tc.list, err)
+			}
+			continue
+		}
+		got, _ := response.MediaTypes("policy_guard: allow_non_xml", tc.list)
+		if !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("normalized %q = %q, want %q", tc.list, got, tc.want)
+		}
+	}
+}
+
 func TestPolicyGuardLogsSeenCertificates(t *testing.T) {
 	g := newTestGuard(t, defaultPolicyMaxSize)
 	der := []byte("not really DER, but fingerprinted all the same")
@@ -369,6 +519,8 @@ func TestPolicyGuardCaddyfileSyntax(t *testing.T) {
 			ignore_expiry
 			max_size 16MiB
 			cache_size 1MB
+			allow_non_xml text/plain
+			allow_non_xml application/json
 			rewrite {
 				addresses gw.example.com
 				https_port 443
@@ -376,13 +528,15 @@ func TestPolicyGuardCaddyfileSyntax(t *testing.T) {
 		}`, PolicyGuard{
 			UpstreamCerts: []string{"/m.crt", "/m-next.crt", "/m-old.crt"}, SigningKeyFile: "/g.key", SigningCertFile: "/g.crt",
 			Roots: []string{"Profile", "ServerSettings"}, AllowSHA1: true, IgnoreExpiry: true, MaxSize: 16 << 20, CacheSize: 1000000,
-			Rewrite: &GuardRewrite{Rules: rewrite.Rules{Addresses: []string{"gw.example.com"}, HTTPSPort: 443}},
+			AllowNonXML: []string{"text/plain", "application/json"},
+			Rewrite:     &GuardRewrite{Rules: rewrite.Rules{Addresses: []string{"gw.example.com"}, HTTPSPort: 443}},
 		}, ""},
 		{"signing_key with one file", "policy_guard {\nsigning_key /g.key\n}", PolicyGuard{}, "signing_key"},
 		{"unknown rewrite subdirective", "policy_guard {\nrewrite {\nservers x\n}\n}", PolicyGuard{}, "servers"},
 		{"bad max_size", "policy_guard {\nmax_size lots\n}", PolicyGuard{}, "max_size"},
 		{"zero cache_size", "policy_guard {\ncache_size 0\n}", PolicyGuard{}, "cache_size"},
 		{"empty roots", "policy_guard {\nroots\n}", PolicyGuard{}, "roots"},
+		{"empty allow_non_xml", "policy_guard {\nallow_non_xml\n}", PolicyGuard{}, "allow_non_xml"},
 		{"allow_sha1 with a value", "policy_guard {\nallow_sha1 yes\n}", PolicyGuard{}, "allow_sha1"},
 		{"unknown subdirective", "policy_guard {\nupstream /x\n}", PolicyGuard{}, "upstream"},
 		{"inline argument", "policy_guard /x.crt", PolicyGuard{}, "argument"},

@@ -10,6 +10,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/legacygate/legacygate/internal/query"
 	"github.com/legacygate/legacygate/internal/rotationtable"
 )
 
@@ -84,16 +85,23 @@ func serveRotationStatus(w http.ResponseWriter, r *http.Request) error {
 	return json.NewEncoder(w).Encode(a.status(page, size))
 }
 
-// pageArgs reads ?page= (from 1) and ?size= (1 to 1000, default 50).
+// pageArgs reads ?page= (from 1) and ?size= (1 to 1000, default 50), each
+// at most once.
 func pageArgs(r *http.Request) (page, size int, err error) {
-	q := r.URL.Query()
 	page, size = 1, defaultStragglerPage
-	if v := q.Get("page"); v != "" {
+	v, _, err := query.Single(r.URL.RawQuery, "page")
+	if err != nil {
+		return 0, 0, err
+	}
+	if v != "" {
 		if page, err = strconv.Atoi(v); err != nil || page < 1 {
 			return 0, 0, fmt.Errorf("page: %q is not a page number (1, 2, …)", v)
 		}
 	}
-	if v := q.Get("size"); v != "" {
+	if v, _, err = query.Single(r.URL.RawQuery, "size"); err != nil {
+		return 0, 0, err
+	}
+	if v != "" {
 		if size, err = strconv.Atoi(v); err != nil || size < 1 || size > maxStragglerPage {
 			return 0, 0, fmt.Errorf("size: %q is not a page size from 1 to %d", v, maxStragglerPage)
 		}

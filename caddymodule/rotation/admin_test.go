@@ -83,6 +83,8 @@ func TestAdminRotationRefusesBadRequests(t *testing.T) {
 		{"page zero", "GET", "/legacygate/rotation?page=0", http.StatusBadRequest},
 		{"page not a number", "GET", "/legacygate/rotation?page=x", http.StatusBadRequest},
 		{"size over the cap", "GET", "/legacygate/rotation?size=1001", http.StatusBadRequest},
+		{"page twice", "GET", "/legacygate/rotation?page=1&Page=2", http.StatusBadRequest},
+		{"size malformed", "GET", "/legacygate/rotation?size=%zz", http.StatusBadRequest},
 		{"POST", "POST", "/legacygate/rotation", http.StatusMethodNotAllowed},
 	}
 	for _, tt := range tests {

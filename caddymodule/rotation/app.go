@@ -8,9 +8,9 @@ import (
 	"fmt"
 	"io/fs"
 	"net/http"
-	"net/url"
 	"path"
 	"regexp"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -21,6 +21,7 @@ import (
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 
+	"github.com/legacygate/legacygate/internal/query"
 	"github.com/legacygate/legacygate/internal/rotationtable"
 	"github.com/legacygate/legacygate/policyguard"
 )
@@ -68,14 +69,25 @@ type App struct {
 	SigningKeys []SigningKeyConfig `json:"signing_keys,omitempty"`
 
 	// ClientID is the placeholder that names a client, resolved per request.
-	// Default: {http.request.uri.query.hostid}. Requests where it resolves to
-	// an empty string are never tracked and keep the current key until the
-	// grace period is over.
+	// Default: {http.request.uri.query.hostid}. The id is ASCII upper-cased
+	// (SEPM host ids are hex GUIDs, which the manager upper-cases too), so
+	// case variants are one client. Requests where it resolves to an empty
+	// string are never tracked and keep the current key until the grace
+	// period is over.
+	//
+	// A query placeholder must be the whole of client_id; its parameter is
+	// matched ignoring case and after decoding. A request that names it
+	// more than once (hostid=A&HostId=B), or with a malformed escape, has no
+	// client id and is served nothing that depends on one: it is never
+	// tracked, plaintext_bridge refuses it (400, duplicate_key or
+	// bad_query), and policy_guard signs no payload for it (502, no_signer),
+	// since the manager may have answered for the other value.
 	ClientID string `json:"client_id,omitempty"`
 
 	// Heartbeat says which requests are heartbeats (a client's index
 	// request). policy_guard and plaintext_bridge report each one to the app,
 	// once per request. Default: path /secars/secars.dll, query action=index.
+	// A request naming one of its query parameters twice is no heartbeat.
 	Heartbeat *RequestSpec `json:"heartbeat,omitempty"`
 
 	// Rotation is the key rotation. Without it every payload is signed with
@@ -156,7 +168,10 @@ type RotationConfig struct {
 type RequestSpec struct {
 	// Path is matched case-insensitively; a trailing * matches any rest.
 	Path string `json:"path,omitempty"`
-	// Query lists parameters that must have these values.
+	// Query lists parameters that must have these values. Names and values
+	// are matched ignoring ASCII case (action=LOG is a log upload too), names
+	// after decoding. A request naming one of these parameters more than
+	// once matches no spec, and the handlers that judge it refuse it.
 	Query map[string]string `json:"query,omitempty"`
 }
 
@@ -178,9 +193,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if a.ClientID == "" {
 		a.ClientID = defaultClientID
 	}
-	if m := queryPlaceholder.FindStringSubmatch(a.ClientID); m != nil {
-		a.queryKey = m[1]
-	}
+	a.queryKey, _ = query.Placeholder(a.ClientID)
 	spec := RequestSpec{Path: defaultHeartbeatPath, Query: map[string]string{"action": "index"}}
 	if a.Heartbeat != nil {
 		spec = *a.Heartbeat
@@ -328,6 +341,9 @@ func (a *App) Validate() error {
 	}
 	if a.Heartbeat != nil && a.Heartbeat.Path == "" && len(a.Heartbeat.Query) == 0 {
 		return errors.New("legacygate: heartbeat: give a path, query parameters, or both")
+	}
+	if _, whole := query.Placeholder(a.ClientID); !whole && query.MentionsPlaceholder(a.ClientID) {
+		return fmt.Errorf("legacygate: client_id: %q: a query placeholder must be the whole client_id, such as {query.hostid}", a.ClientID)
 	}
 	if a.Rotation != nil {
 		return a.Rotation.validate()
@@ -582,57 +598,37 @@ func (a *App) Progress(clientID string) (rotationtable.ClientState, bool) {
 	return a.table.Lookup(clientID)
 }
 
-// queryPlaceholder is a client_id that is one query parameter, the common
-// case, read without the replacer (which parses the whole query on each
-// call).
-var queryPlaceholder = regexp.MustCompile(`^\{http\.request\.uri\.query\.([^{}]+)\}$`)
-
-// clientID resolves the client_id placeholder for r.
-func (a *App) clientID(r *http.Request) string {
+// clientID resolves the client_id placeholder for r, ASCII upper-cased. A
+// client_id that is one query parameter, the common case, is read with the
+// one query parser, which reports a parameter given twice or malformed as
+// an error: such a request has no client id.
+func (a *App) clientID(r *http.Request) (string, error) {
 	if a.queryKey != "" {
-		return queryValue(r.URL.RawQuery, a.queryKey)
+		id, _, err := query.Single(r.URL.RawQuery, a.queryKey)
+		if err != nil {
+			return "", fmt.Errorf("client_id: %w", err)
+		}
+		return query.Upper(id), nil
 	}
 	repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	if !ok {
-		return ""
+		return "", nil
 	}
-	return repl.ReplaceKnown(a.ClientID, "")
-}
-
-// queryValue is url.ParseQuery(raw).Get(key) without building the map.
-func queryValue(raw, key string) string {
-	for raw != "" {
-		var pair string
-		pair, raw, _ = strings.Cut(raw, "&")
-		if strings.Contains(pair, ";") {
-			continue // url.ParseQuery refuses such pairs
-		}
-		k, v, _ := strings.Cut(pair, "=")
-		if strings.ContainsAny(k, "%+") {
-			uk, err := url.QueryUnescape(k)
-			if err != nil {
-				continue
-			}
-			k = uk
-		}
-		if k != key {
-			continue
-		}
-		if !strings.ContainsAny(v, "%+") {
-			return v
-		}
-		if uv, err := url.QueryUnescape(v); err == nil {
-			return uv
-		}
-	}
-	return ""
+	return query.Upper(repl.ReplaceKnown(a.ClientID, "")), nil
 }
 
 // SignerFor picks the key that signs the payload sent in answer to r, or
 // reports that the payload is held: r's client fetched the next certificate
 // and has not confirmed it, so no key is safe (see rotationtable.KeyHold).
+// A request whose client id is ambiguous gets no signer: the manager may
+// have answered for another client than the one the gateway would sign
+// for, so the payload is refused, never signed.
 func (a *App) SignerFor(r *http.Request) (signer *policyguard.Signer, hold bool) {
-	return a.signerForClient(a.clientID(r), a.now())
+	id, err := a.clientID(r)
+	if err != nil {
+		return nil, false
+	}
+	return a.signerForClient(id, a.now())
 }
 
 func (a *App) signerForClient(id string, now time.Time) (signer *policyguard.Signer, hold bool) {
@@ -681,7 +677,7 @@ func (a *App) AnchorServed(r *http.Request) {
 	if a.table == nil {
 		return
 	}
-	if id := a.clientID(r); id != "" {
+	if id, err := a.clientID(r); err == nil && id != "" {
 		a.table.AnchorFetched(id, a.now())
 	}
 }
@@ -690,50 +686,84 @@ func (a *App) AnchorServed(r *http.Request) {
 // plaintext_bridge and the policy_guard behind it count it once.
 const heartbeatVar = "legacygate.heartbeat_recorded"
 
-// ObserveHeartbeat records r as its client's heartbeat if it is one.
+// ObserveHeartbeat records r as its client's heartbeat if it is one. A
+// request naming a heartbeat parameter or the client id twice is none.
 func (a *App) ObserveHeartbeat(r *http.Request, plaintext bool) {
-	if a.table == nil || !a.heartbeat.match(r) {
+	if a.table == nil {
+		return
+	}
+	if ok, err := a.heartbeat.match(r); !ok || err != nil {
 		return
 	}
 	if caddyhttp.GetVar(r.Context(), heartbeatVar) != nil {
 		return
 	}
 	caddyhttp.SetVar(r.Context(), heartbeatVar, true)
-	if id := a.clientID(r); id != "" {
+	if id, err := a.clientID(r); err == nil && id != "" {
 		a.table.Heartbeat(id, a.now(), plaintext)
 	}
+}
+
+// decisionKeys are the query parameters the app decides on: the client id
+// and the heartbeat's parameters.
+func (a *App) decisionKeys() []string {
+	keys := a.heartbeat.keys()
+	if a.queryKey != "" {
+		keys = append(keys, a.queryKey)
+	}
+	return keys
 }
 
 // requestMatcher is a RequestSpec ready to match.
 type requestMatcher struct {
 	path   string
 	prefix bool
-	query  map[string]string
+	query  []queryRule // sorted by key, so matching is deterministic
 }
+
+// queryRule is one parameter a RequestSpec requires.
+type queryRule struct{ key, value string }
 
 func newRequestMatcher(s RequestSpec) requestMatcher {
 	p := strings.ToLower(s.Path)
-	m := requestMatcher{path: strings.TrimSuffix(p, "*"), prefix: strings.HasSuffix(p, "*"), query: s.Query}
+	m := requestMatcher{path: strings.TrimSuffix(p, "*"), prefix: strings.HasSuffix(p, "*")}
+	for k, v := range s.Query {
+		m.query = append(m.query, queryRule{key: k, value: v})
+	}
+	slices.SortFunc(m.query, func(a, b queryRule) int { return strings.Compare(a.key, b.key) })
 	return m
 }
 
-func (m requestMatcher) match(r *http.Request) bool {
+// match reports whether r is on the matcher's path and has each of its
+// query parameters once, with its value (both ignoring ASCII case). An
+// error (a parameter given twice, a malformed escape) is no match, and
+// the caller refuses the request.
+func (m requestMatcher) match(r *http.Request) (bool, error) {
 	if m.path != "" || m.prefix {
 		p := strings.ToLower(r.URL.Path)
 		if m.prefix && !strings.HasPrefix(p, m.path) || !m.prefix && p != m.path {
-			return false
+			return false, nil
 		}
 	}
-	if len(m.query) == 0 {
-		return true
-	}
-	q := r.URL.Query()
-	for k, v := range m.query {
-		if q.Get(k) != v {
-			return false
+	for _, rule := range m.query {
+		v, found, err := query.Single(r.URL.RawQuery, rule.key)
+		if err != nil {
+			return false, err
+		}
+		if !found || !query.EqualFold(v, rule.value) {
+			return false, nil
 		}
 	}
-	return true
+	return true, nil
+}
+
+// keys are the query parameters the matcher looks at.
+func (m requestMatcher) keys() []string {
+	keys := make([]string, len(m.query))
+	for i, rule := range m.query {
+		keys[i] = rule.key
+	}
+	return keys
 }
 
 // Interface guards.

@@ -2,9 +2,9 @@ package rotation
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,6 +17,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	_ "github.com/caddyserver/caddy/v2/modules/filestorage"
 
+	"github.com/legacygate/legacygate/internal/query"
 	"github.com/legacygate/legacygate/policyguard"
 )
 
@@ -345,6 +346,7 @@ func TestAppProvisionErrorsNameTheField(t *testing.T) {
 		{"bad instance id", base(keys+"\ninstance_id a/b", rotation(window)), `instance_id: "a/b" is not a name`},
 		{"unknown subdirective", base(keys, rotation(window+"\nwindows 3")), `rotation: unknown subdirective "windows"`},
 		{"empty heartbeat", base(keys+"\nheartbeat", rotation(window)), "heartbeat: want [<path>]"},
+		{"query placeholder inside client_id", base(keys+"\nclient_id id-{query.hostid}", rotation(window)), `client_id: "id-{http.request.uri.query.hostid}": a query placeholder must be the whole client_id`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -588,36 +590,91 @@ func TestAppGaugesReportProgressWithoutClientLabels(t *testing.T) {
 	}
 }
 
-func TestQueryValueReadsLikeURLQuery(t *testing.T) {
-	tests := []struct{ raw, want string }{
-		{"action=index&hostid=H1", "H1"},
-		{"hostid=H1&hostid=H2", "H1"},
-		{"hostid=a%20b", "a b"},
-		{"hostid=a+b", "a b"},
-		{"host%69d=H3", "H3"},
-		{"hostid=%zz&hostid=H4", "H4"},
-		{"hostid;x=1&hostid=H5", "H5"},
-		{"action=index", ""},
-		{"", ""},
-		{"hostid", ""},
+func TestAppClientIDIsCaseFolded(t *testing.T) {
+	clock := &testClock{now: inWindow}
+	a := startApp(t, appBlock(t, t.TempDir(), "a"), clock)
+	// One client, its id and the parameter name in several cases: the
+	// anchor fetch and three heartbeats confirm it.
+	a.AnchorServed(clientRequest("GET", "/secars/secars.dll?action=sylink&hostid=0a1b2c3d"))
+	for i, q := range []string{"action=index&HOSTID=0A1B2C3D", "action=index&hostid=0a1B2c3D", "ACTION=INDEX&HostId=0a1b2c3d"} {
+		clock.Set(inWindow.Add(time.Duration(i+1) * time.Minute))
+		a.ObserveHeartbeat(clientRequest("GET", "/secars/secars.dll?"+q), false)
 	}
-	for _, tt := range tests {
-		if got := queryValue(tt.raw, "hostid"); got != tt.want {
-			t.Errorf("queryValue(%q) = %q, want %q", tt.raw, got, tt.want)
+	st, ok := a.table.Lookup("0A1B2C3D")
+	if !ok || st.HeartbeatsSince != 3 || st.AnchorFetched.IsZero() {
+		t.Fatalf("client 0A1B2C3D: tracked %v, %d heartbeats since the anchor (fetched %v); want 3", ok, st.HeartbeatsSince, st.AnchorFetched)
+	}
+	if c := a.table.Counts(clock.Now()); c.Tracked != 1 {
+		t.Fatalf("%d clients tracked, want 1", c.Tracked)
+	}
+	for _, id := range []string{"0a1b2c3d", "0A1B2C3D", "0a1B2C3d"} {
+		if got := keyFor(a, id); got != "next" {
+			t.Errorf("hostid=%s: %s, want next (confirmed)", id, got)
 		}
 	}
 }
 
-func FuzzQueryValue(f *testing.F) {
-	for _, s := range []string{"action=index&hostid=H1", "hostid=a%20b+c", "host%69d=x", "hostid;=1&hostid=2", "hostid=%zz"} {
-		f.Add(s)
+func TestAppAmbiguousClientIDIsNeitherTrackedNorSignedFor(t *testing.T) {
+	tests := []struct{ name, query string }{
+		{"host id twice", "hostid=H1&hostid=H2"},
+		{"host id twice, same value", "hostid=H1&hostid=H1"},
+		{"host id twice, case variants of the name", "hostid=H1&HOSTID=h1"},
+		{"host id twice, one escaped", "hostid=H1&host%69d=H1"},
+		{"malformed escape", "hostid=H%zz"},
 	}
-	f.Fuzz(func(t *testing.T, raw string) {
-		q, _ := url.ParseQuery(raw)
-		if got, want := queryValue(raw, "hostid"), q.Get("hostid"); got != want {
-			t.Fatalf("queryValue(%q) = %q, url.ParseQuery says %q", raw, got, want)
-		}
-	})
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			clock := &testClock{now: inWindow}
+			a := startApp(t, appBlock(t, t.TempDir(), "a"), clock)
+			confirm(a, clock, "H1", 3)
+			tracked := a.table.Counts(clock.Now()).Tracked
+			if _, err := a.clientID(clientRequest("GET", "/secars/secars.dll?action=profile&"+tt.query)); err == nil {
+				t.Fatal("clientID: no error")
+			}
+			a.AnchorServed(clientRequest("GET", "/secars/secars.dll?action=sylink&"+tt.query))
+			a.ObserveHeartbeat(clientRequest("GET", "/secars/secars.dll?action=index&"+tt.query), false)
+			if c := a.table.Counts(clock.Now()); c.Tracked != tracked {
+				t.Fatalf("%d clients tracked after ambiguous requests, want %d", c.Tracked, tracked)
+			}
+			if st, _ := a.table.Lookup("H1"); st.HeartbeatsSince != 3 {
+				t.Fatalf("H1 has %d heartbeats since its anchor, want 3: an ambiguous request counted", st.HeartbeatsSince)
+			}
+			s, hold := a.SignerFor(clientRequest("GET", "/secars/secars.dll?action=profile&"+tt.query))
+			if s != nil || hold {
+				t.Fatalf("signerFor: signer %v, hold %v; want no signer (the payload is refused)", s, hold)
+			}
+		})
+	}
+}
+
+func TestRequestMatcherReadsOneCanonicalValue(t *testing.T) {
+	m := newRequestMatcher(RequestSpec{Path: "/secars/secars.dll", Query: map[string]string{"action": "log"}})
+	tests := []struct {
+		name, target string
+		match        bool
+		err          error
+	}{
+		{"exact", "/secars/secars.dll?action=log&hostid=H1", true, nil},
+		{"value case ignored", "/secars/secars.dll?action=LOG", true, nil},
+		{"name case ignored", "/SECARS/secars.dll?Action=log", true, nil},
+		{"escaped name", "/secars/secars.dll?act%69on=log", true, nil},
+		{"other value", "/secars/secars.dll?action=index", false, nil},
+		{"absent", "/secars/secars.dll?hostid=H1", false, nil},
+		{"other path", "/secreg/secreg.dll?action=log", false, nil},
+		{"twice, first says index", "/secars/secars.dll?action=index&action=log", false, query.ErrDuplicate},
+		{"twice, first says log", "/secars/secars.dll?action=log&action=index", false, query.ErrDuplicate},
+		{"twice, case variants of the name", "/secars/secars.dll?ACTION=index&action=log", false, query.ErrDuplicate},
+		{"semicolon is no separator", "/secars/secars.dll?action=index;action=log", false, nil},
+		{"malformed escape", "/secars/secars.dll?action=%zz", false, query.ErrEscape},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ok, err := m.match(clientRequest("GET", tt.target))
+			if ok != tt.match || !errors.Is(err, tt.err) || (err == nil) != (tt.err == nil) {
+				t.Fatalf("match = %v, %v; want %v, %v", ok, err, tt.match, tt.err)
+			}
+		})
+	}
 }
 
 func TestAppReloadTakesOverTheRunningProgress(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -15,6 +16,7 @@ import (
 
 	"github.com/legacygate/legacygate/caddymodule/internal/metrics"
 	"github.com/legacygate/legacygate/caddymodule/internal/response"
+	"github.com/legacygate/legacygate/internal/query"
 )
 
 func init() {
@@ -48,6 +50,14 @@ const defaultBridgeMaxBody = 64 << 10
 // over max_body are refused always. Each heartbeat it sees is reported to
 // the app as seen on plaintext, so the operator knows who still uses it.
 // Every refusal is logged with its reason and counted by reason.
+//
+// A request that names a query parameter the bridge decides on more than
+// once (one in its migration or upload rules, the app's heartbeat
+// parameters, or the app's client_id parameter), or with a malformed
+// escape, is refused with 400 (duplicate_key, bad_query) before anything
+// else: ?action=index&action=log is a log upload to a manager that reads the
+// last value, whatever the first one says. Parameter names and values are
+// matched ignoring ASCII case.
 type PlaintextBridge struct {
 	// Allow lists the paths passed on while the window is open. Matched
 	// case-insensitively; a trailing * matches any rest.
@@ -69,6 +79,7 @@ type PlaintextBridge struct {
 	MaxBody int64 `json:"max_body,omitempty"`
 
 	app       *App
+	keys      []string // the query parameters decided on
 	allow     []requestMatcher
 	migration []requestMatcher
 	uploads   []requestMatcher
@@ -84,7 +95,8 @@ func (PlaintextBridge) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Reasons, the values of the metric's reason label.
+// Reasons, the values of the metric's reason label, with
+// response.ReasonDuplicateKey and response.ReasonBadQuery.
 const (
 	bridgeWindowOpen     = "window_open"
 	bridgeMigration      = "migration"
@@ -130,6 +142,14 @@ func (b *PlaintextBridge) provision(ctx caddy.Context, app *App) error {
 	for _, s := range uploads {
 		b.uploads = append(b.uploads, newRequestMatcher(s))
 	}
+	for _, m := range slices.Concat(b.migration, b.uploads) {
+		for _, k := range m.keys() {
+			b.keys = appendKey(b.keys, k)
+		}
+	}
+	for _, k := range app.decisionKeys() {
+		b.keys = appendKey(b.keys, k)
+	}
 	var err error
 	b.results, err = metrics.Register(ctx.GetMetricsRegistry(), plaintextBridgeResults)
 	return err
@@ -174,24 +194,29 @@ func (b *PlaintextBridge) Validate() error {
 
 // ServeHTTP passes the request on or refuses it.
 func (b *PlaintextBridge) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	for _, k := range b.keys {
+		if _, _, err := query.Single(r.URL.RawQuery, k); err != nil {
+			return b.refuse(w, r, http.StatusBadRequest, response.QueryReason(err), err)
+		}
+	}
 	b.app.ObserveHeartbeat(r, true)
 	if matchAny(b.uploads, r) {
-		return b.refuse(w, r, http.StatusForbidden, bridgeLogUpload)
+		return b.refuse(w, r, http.StatusForbidden, bridgeLogUpload, nil)
 	}
 	if r.ContentLength > b.MaxBody {
-		return b.refuse(w, r, http.StatusRequestEntityTooLarge, bridgeBodyTooLarge)
+		return b.refuse(w, r, http.StatusRequestEntityTooLarge, bridgeBodyTooLarge, nil)
 	}
 	reason := b.decide(r)
 	switch reason {
 	case bridgeWindowOpen, bridgeMigration:
 	case bridgePathNotAllowed:
-		return b.refuse(w, r, http.StatusForbidden, reason)
+		return b.refuse(w, r, http.StatusForbidden, reason, nil)
 	default:
 		status := http.StatusUpgradeRequired
 		if b.OutsideWindow == outside403 {
 			status = http.StatusForbidden
 		}
-		return b.refuse(w, r, status, reason)
+		return b.refuse(w, r, status, reason, nil)
 	}
 	if r.Body != nil && r.Body != http.NoBody {
 		// A body of unknown length is cut at max_body.
@@ -215,26 +240,44 @@ func (b *PlaintextBridge) decide(r *http.Request) string {
 	return bridgeOutsideWindow
 }
 
+// appendKey appends k to keys unless it is there, ignoring ASCII case.
+func appendKey(keys []string, k string) []string {
+	if slices.ContainsFunc(keys, func(x string) bool { return query.EqualFold(x, k) }) {
+		return keys
+	}
+	return append(keys, k)
+}
+
+// matchAny reports whether one of ms matches r. ServeHTTP has refused every
+// request on which a matcher could fail (a rule's parameter twice or
+// malformed), so a failure here is no match.
 func matchAny(ms []requestMatcher, r *http.Request) bool {
 	for _, m := range ms {
-		if m.match(r) {
+		if ok, err := m.match(r); ok && err == nil {
 			return true
 		}
 	}
 	return false
 }
 
-// refuse answers status with a one-line body, logs why and counts it. 426
-// names the protocol to move to (RFC 9110 15.5.22, RFC 2817).
-func (b *PlaintextBridge) refuse(w http.ResponseWriter, r *http.Request, status int, reason string) error {
+// refuse answers status with a one-line body, logs why (with err, if any)
+// and counts it. 426 names the protocol to move to (RFC 9110 15.5.22, RFC
+// 2817).
+func (b *PlaintextBridge) refuse(w http.ResponseWriter, r *http.Request, status int, reason string, err error) error {
 	b.results.WithLabelValues("refused", reason).Inc()
-	b.logger.Info("plaintext request refused",
+	client, _ := b.app.clientID(r)
+	fields := []zap.Field{
 		zap.String("reason", reason),
 		zap.Int("status", status),
 		zap.String("method", r.Method),
 		zap.String("path", r.URL.Path),
-		zap.String("client", b.app.clientID(r)),
-		zap.String("remote", r.RemoteAddr))
+		zap.String("client", client),
+		zap.String("remote", r.RemoteAddr),
+	}
+	if err != nil {
+		fields = append(fields, zap.Error(err))
+	}
+	b.logger.Info("plaintext request refused", fields...)
 	h := w.Header()
 	if status == http.StatusUpgradeRequired {
 		h.Set("Upgrade", "TLS/1.2")
@@ -249,6 +292,9 @@ var bridgeRefusalText = map[string]string{
 	bridgeLogUpload:      "log uploads are not accepted over plain HTTP",
 	bridgeBodyTooLarge:   "request body too large for plain HTTP",
 	bridgeOutsideWindow:  "use HTTPS",
+
+	response.ReasonDuplicateKey: response.QueryRefusalText(response.ReasonDuplicateKey),
+	response.ReasonBadQuery:     response.QueryRefusalText(response.ReasonBadQuery),
 }
 
 // Interface guards.

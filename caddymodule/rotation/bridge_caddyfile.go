@@ -26,8 +26,10 @@ func parsePlaintextBridge(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, 
 //
 // allow, migration and upload may be repeated. A path matches
 // case-insensitively, a trailing * matches any rest; every <param>=<value>
-// must be in the query. upload replaces the default
-// (/secars/secars.dll action=log).
+// must be in the query, once, name and value matched ignoring ASCII case.
+// upload replaces the default (/secars/secars.dll action=log). A request
+// naming any of these parameters, or the legacygate app's heartbeat or
+// client_id parameters, more than once is refused with 400.
 func (b *PlaintextBridge) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next()
 	if d.NextArg() {

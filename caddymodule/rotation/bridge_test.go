@@ -13,6 +13,9 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/legacygate/legacygate/caddymodule/internal/response"
 )
 
 const bridgeBlock = `plaintext_bridge {
@@ -170,6 +173,94 @@ func TestPlaintextBridgeCountsClientsOnPlaintext(t *testing.T) {
 	}
 	if c := a.table.Counts(clock.Now()); c.Plaintext != 1 {
 		t.Fatalf("plaintext clients %d, want 1", c.Plaintext)
+	}
+}
+
+func TestPlaintextBridgeRefusesDuplicateDecisionKeys(t *testing.T) {
+	clock := &testClock{}
+	a := startApp(t, appBlock(t, t.TempDir(), "a"), clock)
+	b := newBridge(t, a, strings.Replace(bridgeBlock, "%s", "migrate", 1))
+	outside := windowEnd.Add(time.Hour)
+	tests := []struct {
+		name   string
+		at     time.Time
+		method string
+		target string
+		status int // 0: passed on
+		reason string
+	}{
+		{"outside: index then log", outside, "POST", "/secars/secars.dll?action=index&action=log&hostid=H1", http.StatusBadRequest, response.ReasonDuplicateKey},
+		{"outside: log then index", outside, "POST", "/secars/secars.dll?action=log&action=index&hostid=H1", http.StatusBadRequest, response.ReasonDuplicateKey},
+		{"outside: case variants of the name", outside, "POST", "/secars/secars.dll?ACTION=index&action=log&hostid=H1", http.StatusBadRequest, response.ReasonDuplicateKey},
+		{"outside: escaped second name", outside, "GET", "/secars/secars.dll?action=sylink&act%69on=profile&hostid=H1", http.StatusBadRequest, response.ReasonDuplicateKey},
+		{"outside: client id twice", outside, "GET", "/secars/secars.dll?action=index&hostid=H1&hostid=H2", http.StatusBadRequest, response.ReasonDuplicateKey},
+		{"outside: client id twice, case variants", outside, "GET", "/secars/secars.dll?action=sylink&hostid=H1&HostID=h1", http.StatusBadRequest, response.ReasonDuplicateKey},
+		{"outside: malformed escape in action", outside, "GET", "/secars/secars.dll?action=%zz&hostid=H1", http.StatusBadRequest, response.ReasonBadQuery},
+		{"window: index then log", inWindow, "POST", "/secars/secars.dll?action=index&action=log&hostid=H1", http.StatusBadRequest, response.ReasonDuplicateKey},
+		{"window: registration twice", inWindow, "POST", "/secreg/secreg.dll?action=register&action=register", http.StatusBadRequest, response.ReasonDuplicateKey},
+		{"window: upper-case log is a log upload", inWindow, "POST", "/secars/secars.dll?action=LOG&hostid=H1", http.StatusForbidden, bridgeLogUpload},
+		{"outside: upper-case name is the migration index", outside, "GET", "/secars/secars.dll?ACTION=index&hostid=H1", 0, bridgeMigration},
+		{"outside: other keys may repeat", outside, "GET", "/secars/secars.dll?action=sylink&hostid=H1&x=1&x=2", 0, bridgeMigration},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			clock.Set(tt.at)
+			result := "refused"
+			if tt.status == 0 {
+				result = "passed"
+			}
+			counter := b.results.WithLabelValues(result, tt.reason)
+			before := testutil.ToFloat64(counter)
+			var body io.Reader
+			if tt.method == "POST" {
+				body = strings.NewReader("log lines")
+			}
+			r := httptest.NewRequest(tt.method, tt.target, body)
+			*r = *r.WithContext(context.WithValue(r.Context(), caddyhttp.VarsCtxKey, map[string]any{}))
+			caddyhttp.NewTestReplacer(r)
+			w := httptest.NewRecorder()
+			next := &passedNext{}
+			if err := b.ServeHTTP(w, r, next); err != nil {
+				t.Fatal(err)
+			}
+			switch {
+			case tt.status == 0 && (!next.called || w.Code != http.StatusOK):
+				t.Fatalf("not passed on: %d %s", w.Code, w.Body)
+			case tt.status != 0 && next.called:
+				t.Fatal("passed on; want a refusal")
+			case tt.status != 0 && w.Code != tt.status:
+				t.Fatalf("status %d, want %d", w.Code, tt.status)
+			}
+			if got := testutil.ToFloat64(counter) - before; got != 1 {
+				t.Fatalf("%s{%s} rose by %v, want 1", result, tt.reason, got)
+			}
+		})
+	}
+	if c := a.table.Counts(clock.Now()); c.Tracked != 1 {
+		t.Fatalf("%d clients tracked, want 1 (H1, from the requests that passed)", c.Tracked)
+	}
+}
+
+func TestPlaintextBridgeRefusesARepeatedClientIDBeforeCountingIt(t *testing.T) {
+	clock := &testClock{now: windowEnd.Add(time.Hour)}
+	a := startApp(t, appBlock(t, t.TempDir(), "a"), clock)
+	b := newBridge(t, a, strings.Replace(bridgeBlock, "%s", "426", 1))
+	w := httptest.NewRecorder()
+	if err := b.ServeHTTP(w, clientRequest("GET", "/secars/secars.dll?action=index&hostid=H7&hostid=H8"), &passedNext{}); err != nil {
+		t.Fatal(err)
+	}
+	if w.Code != http.StatusBadRequest {
+		t.Fatalf("status %d, want 400", w.Code)
+	}
+	if c := a.table.Counts(clock.Now()); c.Tracked != 0 {
+		t.Fatalf("%d clients tracked, want none", c.Tracked)
+	}
+	// A lower-case id is the client the manager knows in upper case.
+	if err := b.ServeHTTP(httptest.NewRecorder(), clientRequest("GET", "/secars/secars.dll?action=index&hostid=h7"), &passedNext{}); err != nil {
+		t.Fatal(err)
+	}
+	if st, ok := a.table.Lookup("H7"); !ok || !st.SeenPlaintext {
+		t.Fatalf("hostid=h7 was not counted as H7 on plaintext: %+v", st)
 	}
 }
 

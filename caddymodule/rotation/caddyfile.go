@@ -45,7 +45,10 @@ func parseAppOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //	}
 //
 // Times are RFC 3339 (2026-12-01T00:00:00Z); durations take Go units plus d
-// for days (90d). client_id takes Caddyfile shorthands ({query.hostid}).
+// for days (90d). client_id takes Caddyfile shorthands ({query.hostid});
+// the id is ASCII upper-cased, and a request naming its query parameter
+// twice has no id (see the ClientID field). heartbeat's parameter names and
+// values match ignoring ASCII case.
 // generate keeps the key in Caddy storage under the name (default: the role).
 func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next()

@@ -24,6 +24,7 @@ func parseXMLGuard(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) 
 //	    soap_actions <action> [<action>...]
 //	    requests     on|off
 //	    responses    on|off
+//	    allow_non_xml <media-type> [<media-type>...]
 //	}
 //
 // The block is optional: `xml_guard /MAWebService2/*` checks requests and
@@ -31,6 +32,13 @@ func parseXMLGuard(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) 
 // bytes. An element is a local name (Envelope, any namespace) or
 // {namespace}local. roots and soap_actions may be repeated; their lists add
 // up. Actions are written without the quotes the SOAPAction header carries.
+// allow_non_xml (repeatable, lists add up) names the media types, such as
+// text/plain, whose 2xx response bodies may pass although they are not XML;
+// without it such a response is refused with a 502. Whether a body is XML
+// is decided by its bytes: an XML body is checked whatever its Content-Type.
+// A response that repeats Content-Encoding, Content-Type, Content-Length or
+// Transfer-Encoding, or whose 2xx body is encoded other than identity, is
+// refused too.
 func (g *XMLGuard) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next()
 	if d.NextArg() {
@@ -53,6 +61,8 @@ func (g *XMLGuard) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			g.SkipRequests, err = caddyarg.Off(d)
 		case "responses":
 			g.SkipResponses, err = caddyarg.Off(d)
+		case "allow_non_xml":
+			g.AllowNonXML, err = caddyarg.Append(d, g.AllowNonXML)
 		default:
 			return d.Errf("xml_guard: unknown subdirective %q", d.Val())
 		}

@@ -21,6 +21,7 @@ import (
 
 	"github.com/legacygate/legacygate/caddymodule/internal/metrics"
 	"github.com/legacygate/legacygate/caddymodule/internal/response"
+	"github.com/legacygate/legacygate/internal/xmlscan"
 	"github.com/legacygate/legacygate/policyguard"
 )
 
@@ -50,12 +51,18 @@ func init() {
 // sent, still happen. Do not add request_buffers to the reverse_proxy
 // behind: it keeps its own copy of the body for retries.
 //
-// Responses: the manager's response is held (up to max_size) and checked the
-// same way, except for the SOAP action. One that fails is answered 502 and
-// nothing of it reaches the client. Passed unchecked: responses without a
-// body (HEAD, 204, 304, empty) and error responses (non-2xx) whose
-// Content-Type is not XML, such as an IIS error page. A 2xx response with a
-// Content-Type that is not XML is refused.
+// Responses: the manager is asked for the identity encoding, and its
+// response is held (up to max_size) and checked the same way, except for
+// the SOAP action. One that fails is answered 502 and nothing of it reaches
+// the client. Passed unchecked: responses without a body (HEAD, 204, 304,
+// empty) and error responses (non-2xx) whose Content-Type is not XML, such
+// as an IIS error page. A 2xx response is refused when it carries any
+// Content-Encoding but a single identity, when its body is not XML (decided
+// by its bytes: after a byte order mark and whitespace it starts with '<')
+// unless its media type is listed in AllowNonXML, and when its body is XML
+// but its Content-Type is neither XML nor listed. A response of any status
+// that repeats Content-Encoding, Content-Type, Content-Length or
+// Transfer-Encoding is refused: a client may read it differently.
 //
 // A missing Content-Type is taken as XML. XML media types are text/xml,
 // application/xml and any type ending in +xml (application/soap+xml).
@@ -90,10 +97,17 @@ type XMLGuard struct {
 	// SkipResponses turns the response check off (Caddyfile: responses off).
 	SkipResponses bool `json:"skip_responses,omitempty"`
 
-	limits  policyguard.XMLLimits
-	roots   []rootName
-	logger  *zap.Logger
-	results *prometheus.CounterVec
+	// AllowNonXML lists the media types (type/subtype) of 2xx responses
+	// that may pass although their body is not XML. A body that is XML is
+	// checked as XML whatever its Content-Type. Empty: a non-empty 2xx body
+	// that is not XML is refused.
+	AllowNonXML []string `json:"allow_non_xml,omitempty"`
+
+	allowNonXML []string // AllowNonXML, lower-cased
+	limits      policyguard.XMLLimits
+	roots       []rootName
+	logger      *zap.Logger
+	results     *prometheus.CounterVec
 }
 
 // rootName is an allowed root element; anyNamespace when the name was
@@ -129,6 +143,10 @@ const (
 	reasonUnlistedRoot = "unlisted_root"
 	reasonSOAPAction   = "soap_action"
 	reasonReplay       = "replay"
+
+	reasonDuplicateHeader = response.ReasonDuplicateHeader
+	reasonContentEncoding = "content_encoding"
+	reasonXMLEncoding     = xmlscan.ReasonEncoding
 )
 
 var guardResults = prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -156,6 +174,9 @@ func (g *XMLGuard) Provision(ctx caddy.Context) error {
 		g.roots = append(g.roots, root)
 	}
 	var err error
+	if g.allowNonXML, err = response.MediaTypes("xml_guard: allow_non_xml", g.AllowNonXML); err != nil {
+		return err
+	}
 	g.results, err = metrics.Register(ctx.GetMetricsRegistry(), guardResults)
 	return err
 }
@@ -173,6 +194,11 @@ func (g *XMLGuard) Validate() error {
 		return errors.New("xml_guard: requests, responses: both are off, nothing would be checked")
 	case g.SkipRequests && len(g.SOAPActions) > 0:
 		return errors.New("xml_guard: soap_actions: requests are off, so no action would be checked")
+	case g.SkipResponses && len(g.AllowNonXML) > 0:
+		return errors.New("xml_guard: allow_non_xml: responses are off, so no response would be checked")
+	}
+	if _, err := response.MediaTypes("xml_guard: allow_non_xml", g.AllowNonXML); err != nil {
+		return err
 	}
 	for _, s := range g.Roots {
 		if _, err := parseRoot(s); err != nil {
@@ -218,6 +244,8 @@ func (g *XMLGuard) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyh
 	if g.SkipResponses {
 		return next.ServeHTTP(w, r)
 	}
+	// Compressed bytes cannot be checked; the manager is told so.
+	r.Header.Set("Accept-Encoding", "identity")
 	return g.serveChecked(w, r, next)
 }
 
@@ -414,6 +442,8 @@ func (g *XMLGuard) serveChecked(w http.ResponseWriter, r *http.Request, next cad
 	defer rec.Release()
 	aborted, err := response.ServeNext(rec, r, next)
 	switch {
+	case rec.Ambiguous() != nil:
+		return g.refuseResponse(w, r, rec, &violation{http.StatusBadGateway, reasonDuplicateHeader, rec.Len(), rec.Ambiguous()})
 	case rec.Streamed() || (!rec.WroteHeader() && (aborted || err != nil)):
 		// A switched protocol, or nothing answered yet: the chain's own
 		// error (reverse_proxy's 502) goes to the client as it is.
@@ -439,10 +469,12 @@ func (g *XMLGuard) checkResponse(r *http.Request, rec *response.Recorder) *viola
 		g.count(dirResponse, resultPassed, reasonNoBody)
 		return nil
 	}
-	if ct := rec.Held().Get("Content-Type"); ct != "" && !isXMLMediaType(ct) {
-		if status >= 200 && status < 300 {
-			return &violation{http.StatusBadGateway, reasonContentType, rec.Len(), fmt.Errorf("manager answered %d with Content-Type %q, not XML", status, ct)}
+	ct := rec.Held().Get("Content-Type")
+	if status >= 200 && status < 300 {
+		if check, v := g.checkResponseForm(rec, status, ct); !check {
+			return v
 		}
+	} else if ct != "" && !isXMLMediaType(ct) {
 		g.count(dirResponse, resultPassed, reasonNotXML)
 		return nil
 	}
@@ -453,18 +485,51 @@ func (g *XMLGuard) checkResponse(r *http.Request, rec *response.Recorder) *viola
 	return nil
 }
 
+// checkResponseForm judges the form of a non-empty 2xx response before its
+// XML is checked (check true). It refuses one whose encoding is not
+// identity, whose body is not XML by its bytes (unless its media type is
+// listed in allow_non_xml), or whose XML comes with a Content-Type that is
+// neither XML nor listed. A listed non-XML body passes unchecked: counted
+// here, check false and no violation.
+func (g *XMLGuard) checkResponseForm(rec *response.Recorder, status int, ct string) (check bool, v *violation) {
+	body := rec.Body()
+	if err := response.IdentityEncoded(rec.Held()); err != nil {
+		return false, &violation{http.StatusBadGateway, reasonContentEncoding, len(body), err}
+	}
+	isXML, err := xmlscan.Plain(body)
+	if err != nil {
+		return false, &violation{http.StatusBadGateway, reasonXMLEncoding, len(body), errors.Unwrap(err)}
+	}
+	listed := response.MediaTypeListed(rec.Held(), g.allowNonXML)
+	switch {
+	case !isXML && listed:
+		g.count(dirResponse, resultPassed, reasonNotXML)
+		return false, nil
+	case !isXML:
+		return false, &violation{http.StatusBadGateway, reasonNotXML, len(body), fmt.Errorf("manager answered %d with a body that is not XML, Content-Type %q not listed in allow_non_xml", status, ct)}
+	case ct != "" && !isXMLMediaType(ct) && !listed:
+		return false, &violation{http.StatusBadGateway, reasonContentType, len(body), fmt.Errorf("manager answered %d with Content-Type %q, not XML", status, ct)}
+	}
+	return true, nil
+}
+
 // refuseResponse answers 502; the client gets none of the manager's headers
 // or bytes.
 func (g *XMLGuard) refuseResponse(w http.ResponseWriter, r *http.Request, rec *response.Recorder, v *violation) error {
 	g.count(dirResponse, resultRefused, v.reason)
-	g.logger.Warn("xml response refused",
+	fields := []zap.Field{
 		zap.String("direction", dirResponse),
 		zap.String("reason", v.reason),
 		zap.String("method", r.Method),
 		zap.String("path", r.URL.Path),
 		zap.Int("upstream_status", rec.FinalStatus()),
 		zap.Int("upstream_bytes", v.size),
-		zap.Error(v.err))
+		zap.Error(v.err),
+	}
+	if name := response.HeaderName(v.err); name != "" {
+		fields = append(fields, zap.String("header", name))
+	}
+	g.logger.Warn("xml response refused", fields...)
 	return response.Refuse(w, http.StatusBadGateway, 0, "502 Bad Gateway: the manager's response was refused by the gateway's XML guard\n")
 }
 

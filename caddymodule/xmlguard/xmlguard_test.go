@@ -2,6 +2,7 @@ package xmlguard
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"errors"
 	"io"
@@ -35,6 +36,24 @@ const xmlGuardSOAP = `<?xml version="1.0" encoding="utf-8"?>
 </soap:Envelope>
 `
 
+// unsignedProfile is a policy document with an unlisted root, as a
+// manager's answer that is not the SOAP asked for.
+const unsignedProfile = `<?xml version="1.0"?><Profile Serial="1"><Rules/></Profile>`
+
+// gzipped returns s compressed, as a hostile manager would send it.
+func gzipped(t *testing.T, s string) string {
+	t.Helper()
+	var b bytes.Buffer
+	zw := gzip.NewWriter(&b)
+	if _, err := io.WriteString(zw, s); err != nil {
+		t.Fatal(err)
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
+}
+
 // xmlGuardManager stands for reverse_proxy: it records the request body it
 // read and answers with status, header and body.
 type xmlGuardManager struct {
@@ -44,8 +63,9 @@ type xmlGuardManager struct {
 	status  int
 	header  map[string]string
 	body    string
-	cutAt   int   // write body[:cutAt], then abort like reverse_proxy; 0: all
-	failErr error // return this before writing anything
+	cutAt   int         // write body[:cutAt], then abort like reverse_proxy; 0: all
+	failErr error       // return this before writing anything
+	lines   http.Header // added after header, one line per value (repeated headers)
 }
 
 func (m *xmlGuardManager) ServeHTTP(w http.ResponseWriter, r *http.Request) error {
@@ -60,6 +80,11 @@ func (m *xmlGuardManager) ServeHTTP(w http.ResponseWriter, r *http.Request) erro
 	}
 	for k, v := range m.header {
 		w.Header().Set(k, v)
+	}
+	for k, vs := range m.lines {
+		for _, v := range vs {
+			w.Header().Add(k, v)
+		}
 	}
 	w.WriteHeader(m.status)
 	if m.cutAt > 0 {
@@ -320,6 +345,110 @@ func TestXMLGuardRefusesBadResponsesWithoutForwardingThem(t *testing.T) {
 	}
 }
 
+func TestXMLGuardFailsClosedOnAmbiguousResponses(t *testing.T) {
+	gz := gzipped(t, unsignedProfile)
+	tests := []struct {
+		name   string
+		allow  []string
+		status int
+		header map[string]string
+		lines  http.Header
+		body   string
+		reason string
+		named  string // the header named in the log line, "" for none
+	}{
+		{"Content-Encoding identity then gzip", nil, 200, nil, http.Header{"Content-Encoding": {"identity", "gzip"}}, gz, "duplicate_header", "Content-Encoding"},
+		{"Content-Encoding empty then gzip", nil, 200, nil, http.Header{"Content-Encoding": {"", "gzip"}}, gz, "duplicate_header", "Content-Encoding"},
+		{"gzip alone", nil, 200, map[string]string{"Content-Encoding": "gzip"}, nil, gz, "content_encoding", "Content-Encoding"},
+		{"identity, gzip on one line", nil, 200, map[string]string{"Content-Encoding": "identity, gzip"}, nil, gz, "content_encoding", "Content-Encoding"},
+		{"Content-Type twice", nil, 200, nil, http.Header{"Content-Type": {"text/plain", "text/xml"}}, unsignedProfile, "duplicate_header", "Content-Type"},
+		{"Content-Length twice", nil, 200, map[string]string{"Content-Length": strconv.Itoa(len(unsignedProfile))}, http.Header{"Content-Length": {strconv.Itoa(len(unsignedProfile))}}, unsignedProfile, "duplicate_header", "Content-Length"},
+		{"repeated header on a SOAP fault", nil, 500, nil, http.Header{"Content-Encoding": {"identity", "gzip"}}, unsignedProfile, "duplicate_header", "Content-Encoding"},
+		{"repeated header on 204", nil, 204, nil, http.Header{"Content-Type": {"text/xml", "text/plain"}}, "", "duplicate_header", "Content-Type"},
+		{"gzipped unsigned Profile labelled text/xml", nil, 200, map[string]string{"Content-Type": "text/xml"}, nil, gz, "not_xml", ""},
+		{"unsigned Profile labelled text/plain", nil, 200, map[string]string{"Content-Type": "text/plain"}, nil, unsignedProfile, "content_type", ""},
+		{"unsigned Profile labelled a listed text/plain", []string{"text/plain"}, 200, map[string]string{"Content-Type": "text/plain"}, nil, unsignedProfile, "unlisted_root", ""},
+		{"non-XML body, nothing allowed", nil, 200, map[string]string{"Content-Type": "text/plain"}, nil, "OK", "not_xml", ""},
+		{"non-XML body of an unlisted media type", []string{"text/plain"}, 200, map[string]string{"Content-Type": "application/octet-stream"}, nil, gz, "not_xml", ""},
+		{"UTF-16 body of a listed media type", []string{"text/plain"}, 200, map[string]string{"Content-Type": "text/plain"}, nil, "\xff\xfe<\x00P\x00", "xml_encoding", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := &XMLGuard{Roots: []string{"Envelope"}, AllowNonXML: tt.allow}
+			logs := provisionXMLGuard(t, g)
+			before := xmlGuardCount(g, "response", "refused", tt.reason)
+			header := map[string]string{"X-Manager": "1"}
+			for k, v := range tt.header {
+				header[k] = v
+			}
+			m := &xmlGuardManager{status: tt.status, header: header, lines: tt.lines, body: tt.body}
+			w := serveXMLGuard(t, g, xmlGuardPost(xmlGuardSOAP), m)
+			if w.Code != http.StatusBadGateway {
+				t.Fatalf("status %d, want 502", w.Code)
+			}
+			if w.Header().Get("X-Manager") != "" || strings.Contains(w.Body.String(), "<") || (tt.body != "" && strings.Contains(w.Body.String(), tt.body)) {
+				t.Fatalf("manager bytes reached the client: %v %q", w.Header(), w.Body)
+			}
+			assertXMLGuardLogged(t, logs, "response", tt.reason)
+			entry := logs.FilterField(zap.String("reason", tt.reason)).All()[0]
+			if got, _ := entry.ContextMap()["header"].(string); got != tt.named {
+				t.Errorf("log header %q, want %q", got, tt.named)
+			}
+			if got := xmlGuardCount(g, "response", "refused", tt.reason) - before; got != 1 {
+				t.Fatalf("refused{reason=%s} grew by %v, want 1", tt.reason, got)
+			}
+		})
+	}
+}
+
+func TestXMLGuardPassesPlainResponses(t *testing.T) {
+	tests := []struct {
+		name   string
+		allow  []string
+		header map[string]string
+		body   string
+		reason string
+	}{
+		{"SOAP with Content-Encoding identity", nil, map[string]string{"Content-Type": "text/xml", "Content-Encoding": "Identity"}, xmlGuardSOAP, "checked"},
+		{"SOAP labelled a listed text/plain", []string{"text/plain"}, map[string]string{"Content-Type": "text/plain"}, xmlGuardSOAP, "checked"},
+		{"non-XML body of a listed media type", []string{"text/plain"}, map[string]string{"Content-Type": "Text/Plain; charset=utf-8"}, "OK", "not_xml"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := &XMLGuard{AllowNonXML: tt.allow}
+			provisionXMLGuard(t, g)
+			before := xmlGuardCount(g, "response", "passed", tt.reason)
+			m := &xmlGuardManager{status: 200, header: tt.header, body: tt.body}
+			w := serveXMLGuard(t, g, xmlGuardPost(xmlGuardSOAP), m)
+			if w.Code != 200 || w.Body.String() != tt.body {
+				t.Fatalf("got %d %q, want the manager's answer", w.Code, w.Body)
+			}
+			if got := xmlGuardCount(g, "response", "passed", tt.reason) - before; got != 1 {
+				t.Fatalf("passed{reason=%s} grew by %v, want 1", tt.reason, got)
+			}
+		})
+	}
+}
+
+func TestXMLGuardAsksManagerForIdentity(t *testing.T) {
+	g := &XMLGuard{}
+	provisionXMLGuard(t, g)
+	m := newXMLGuardManager()
+	r := xmlGuardPost(xmlGuardSOAP)
+	r.Header.Set("Accept-Encoding", "gzip, br")
+	var seen string
+	next := caddyHandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		seen = r.Header.Get("Accept-Encoding")
+		return m.ServeHTTP(w, r)
+	})
+	if err := g.ServeHTTP(httptest.NewRecorder(), r, next); err != nil {
+		t.Fatal(err)
+	}
+	if seen != "identity" {
+		t.Fatalf("Accept-Encoding upstream %q, want identity", seen)
+	}
+}
+
 func TestXMLGuardPassesResponsesItDoesNotCheck(t *testing.T) {
 	tests := []struct {
 		name        string
@@ -408,7 +537,9 @@ func TestXMLGuardCaddyfile(t *testing.T) {
 		roots definitions
 		soap_actions http://tempuri.org/Heartbeat
 		requests on
-		responses off
+		responses on
+		allow_non_xml text/plain
+		allow_non_xml application/json
 	}`
 	var g XMLGuard
 	if err := g.UnmarshalCaddyfile(caddyfile.NewTestDispenser(input)); err != nil {
@@ -416,13 +547,13 @@ func TestXMLGuardCaddyfile(t *testing.T) {
 	}
 	want := XMLGuard{
 		MaxSize: 64 << 10, MaxDepth: 32, MaxElements: 5000,
-		Roots:         []string{"Envelope", "{" + xmlGuardSOAPNS + "}Envelope", "definitions"},
-		SOAPActions:   []string{"http://tempuri.org/Heartbeat"},
-		SkipResponses: true,
+		Roots:       []string{"Envelope", "{" + xmlGuardSOAPNS + "}Envelope", "definitions"},
+		SOAPActions: []string{"http://tempuri.org/Heartbeat"},
+		AllowNonXML: []string{"text/plain", "application/json"},
 	}
 	if g.MaxSize != want.MaxSize || g.MaxDepth != want.MaxDepth || g.MaxElements != want.MaxElements ||
 		strings.Join(g.Roots, " ") != strings.Join(want.Roots, " ") || strings.Join(g.SOAPActions, " ") != strings.Join(want.SOAPActions, " ") ||
-		g.SkipRequests || !g.SkipResponses {
+		strings.Join(g.AllowNonXML, " ") != strings.Join(want.AllowNonXML, " ") || g.SkipRequests || g.SkipResponses {
 		t.Fatalf("got %+v, want %+v", g, want)
 	}
 }
@@ -438,6 +569,7 @@ func TestXMLGuardCaddyfileErrors(t *testing.T) {
 		{"xml_guard {\n max_size lots\n}", "max_size"},
 		{"xml_guard {\n responses maybe\n}", "responses"},
 		{"xml_guard {\n roots\n}", "roots"},
+		{"xml_guard {\n allow_non_xml\n}", "allow_non_xml"},
 		{"xml_guard {\n replay on\n}", "unknown subdirective"},
 	}
 	for _, tt := range tests {
@@ -466,6 +598,9 @@ func TestXMLGuardProvisionNamesTheField(t *testing.T) {
 		{"prefixed root", XMLGuard{Roots: []string{"soap:Envelope"}}, "roots"},
 		{"unclosed namespace", XMLGuard{Roots: []string{"{urn:x"}}, "roots"},
 		{"empty namespace", XMLGuard{Roots: []string{"{}Envelope"}}, "roots"},
+		{"media type without a subtype", XMLGuard{AllowNonXML: []string{"text"}}, "allow_non_xml"},
+		{"media type with a wildcard", XMLGuard{AllowNonXML: []string{"text/*"}}, "allow_non_xml"},
+		{"non-XML allowed without responses", XMLGuard{SkipResponses: true, AllowNonXML: []string{"text/plain"}}, "allow_non_xml"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -1,15 +1,15 @@
-// Command legacygate is Caddy with the standard modules and legacygate's own.
+// Command legacygate is Caddy with the standard modules and legacygate's own,
+// behind a command line that presents legacygate (cli.go).
 package main
 
 import (
-	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+	"os"
 
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
 	_ "github.com/legacygate/legacygate/caddymodule/standard"
-	_ "github.com/legacygate/legacygate/integration/demo"
 )
 
 func main() {
-	caddycmd.Main()
+	os.Exit(execute(os.Args[1:], os.Stdout, os.Stderr))
 }

@@ -3,6 +3,7 @@
 //
 //	mgrsim manager --flavor sepm [flags]   an emulated manager (see manager.go)
 //	mgrsim clients [flags]                 a simulated client fleet
+//	mgrsim demo [flags]                    a manager and a gateway in front of it, narrated
 //
 // Each subcommand lives in its own file and registers itself in init().
 //

@@ -352,6 +352,7 @@ func gatewayCaddyfile(dir string, port int, fr front, m *manager.Manager, manage
 		upstream_cert %s
 		signing_key %s %s
 		roots Profile ServerSettings%s
+		allow_non_xml text/plain
 	}
 	reverse_proxy %s {
 		transport legacy_tls {

@@ -19,7 +19,7 @@ import (
 	"time"
 )
 
-// Kind names the certificate shapes protocol.md lists.
+// Kind names the certificate shapes docs/protocol.md lists.
 type Kind string
 
 // The certificate kinds a manager can present.

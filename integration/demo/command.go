@@ -1,75 +1,70 @@
-// Package demo is `legacygate demo`: an emulated legacy manager and the
+// Package demo is `mgrsim demo`: an emulated legacy manager and a legacygate
 // gateway in front of it, on loopback, with a narrated series of requests
-// that shows what each side did. It lives under integration/ because it
-// drives the emulators; cmd/legacygate registers it.
+// that shows what each side did. The gateway is a `legacygate run` process
+// of the binary it is given, reloaded with `legacygate reload`, so the
+// production binary links none of the emulators.
 package demo
 
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
-	"os"
-	"os/signal"
-	"syscall"
-
-	caddycmd "github.com/caddyserver/caddy/v2/cmd"
-
-	// The demo's gateway is this process's Caddy: it needs the standard
-	// modules (and the Caddyfile adapter) and legacygate's own.
-	_ "github.com/caddyserver/caddy/v2/modules/standard"
-
-	_ "github.com/legacygate/legacygate/caddymodule/standard"
+	"io"
 )
 
-func init() {
-	caddycmd.RegisterCommand(caddycmd.Command{
-		Name:  "demo",
-		Usage: "[--once] [--dir DIR] [--flavor sepm|checkpoint|policyserver]",
-		Short: "Runs an emulated legacy manager and the gateway on loopback and shows what happens",
-		Long: `
-Generates keys and a configuration in a temporary folder (or --dir), starts an
-emulated SEPM-style manager that speaks only TLS 1.0 with a SHA-1 self-signed
-certificate, starts the gateway in front of it on 127.0.0.1, sends requests
-through it and prints what happened on each side.
-
-Then it tells the story with two fleets of 1,000 simulated clients, one
-straight at a second emulated manager and one through the gateway (20% of
-them on the plain listener): the manager imports its next key (pinned in the
-gateway beforehand), then the gateway's rotation window moves every client to
-its next signing key and off plaintext. It prints the phases as measured and
-a side-by-side table of the fleets' summaries.
-
-With --once it exits when done: 0 when every step behaved as expected and the
-story showed clients orphaned straight at the manager, none through the
-gateway, and every gateway client confirmed by the window; 1 otherwise.
-Without it, it keeps serving and prints the gateway's URL until Ctrl-C.
-
---flavor checkpoint runs a Check Point-style manager (TLS 1.0, SHA-1, packages
-with detached CMS signatures) behind examples/checkpoint.Caddyfile's setup;
---flavor policyserver a PolicyServer-style SOAP manager on plain HTTP behind
-examples/policyserver.Caddyfile's.`,
-		Flags: func() *flag.FlagSet {
-			fs := flag.NewFlagSet("demo", flag.ExitOnError)
-			fs.Bool("once", false, "exit after the scripted steps (status 0 when all behaved)")
-			fs.String("dir", "", "folder for keys, certificates and config (default: a new temporary folder, removed at exit)")
-			fs.String("flavor", "sepm", "manager to emulate: sepm, checkpoint or policyserver")
-			return fs
-		}(),
-		Func: func(fl caddycmd.Flags) (int, error) {
-			if flavor := fl.String("flavor"); flavor != "sepm" {
-				return runFlavor(flavor, fl.Bool("once"), fl.String("dir"))
-			}
-			return run(fl.Bool("once"), fl.String("dir"))
-		},
-	})
+// Options are what `mgrsim demo` is asked to do.
+type Options struct {
+	// Legacygate is the legacygate binary that runs the gateway.
+	Legacygate string
+	// Dir is the folder for keys, certificates and configuration; empty: a
+	// new temporary folder, removed at the end.
+	Dir string
+	// Flavor is the manager to emulate: sepm (the default when empty),
+	// checkpoint or policyserver.
+	Flavor string
+	// ConfigDir holds Caddyfile.example and examples/, the configurations
+	// the gateway runs; empty: DefaultConfigDir.
+	ConfigDir string
+	// Once makes Run return when the script is done instead of serving
+	// until ctx ends.
+	Once bool
+	// Out receives the narration.
+	Out io.Writer
 }
 
-func run(once bool, dir string) (int, error) {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+// CheckFlavor returns an error naming --flavor unless flavor is one the
+// demo runs.
+func CheckFlavor(flavor string) error {
+	switch flavor {
+	case flavorSEPM, flavorCheckpoint, flavorPolicyServer:
+		return nil
+	}
+	return fmt.Errorf("--flavor: %q is not one of %s, %s, %s", flavor, flavorSEPM, flavorCheckpoint, flavorPolicyServer)
+}
 
-	d, err := setup(dir, os.Stdout)
+func (o Options) configDir() string {
+	if o.ConfigDir == "" {
+		return DefaultConfigDir()
+	}
+	return o.ConfigDir
+}
+
+// Run runs the demo. With o.Once it returns 0 when every step behaved as
+// expected (and, for sepm, the story showed clients orphaned straight at
+// the manager, none through the gateway, and every gateway client confirmed
+// by the window), 1 with the reason otherwise. Without it, it keeps the
+// gateway serving until ctx is done.
+func Run(ctx context.Context, o Options) (int, error) {
+	if o.Flavor == "" {
+		o.Flavor = flavorSEPM
+	}
+	if err := CheckFlavor(o.Flavor); err != nil {
+		return 2, err
+	}
+	if o.Flavor != flavorSEPM {
+		return runFlavor(ctx, o)
+	}
+	d, err := setup(o)
 	if err != nil {
 		return 1, err
 	}
@@ -83,7 +78,7 @@ func run(once bool, dir string) (int, error) {
 	if storyErr != nil {
 		d.printf("\n[FAIL] %v\n", storyErr)
 	}
-	if once {
+	if o.Once {
 		if failed > 0 {
 			return 1, fmt.Errorf("%d demo step(s) did not behave as expected", failed)
 		}
@@ -97,5 +92,25 @@ func run(once bool, dir string) (int, error) {
 	if errors.Is(ctx.Err(), context.Canceled) {
 		d.printf("stopping\n")
 	}
+	return 0, nil
+}
+
+// runFlavor is Run for a flavor other than sepm.
+func runFlavor(ctx context.Context, o Options) (int, error) {
+	d, err := setupFlavor(o)
+	if err != nil {
+		return 1, err
+	}
+	defer d.close()
+	failed := d.runSteps(ctx)
+	if o.Once {
+		if failed > 0 {
+			return 1, fmt.Errorf("%d demo step(s) did not behave as expected", failed)
+		}
+		return 0, nil
+	}
+	fmt.Fprintf(d.out, "\nThe gateway keeps serving at %s (manager at %s). Press Ctrl-C to stop.\n", d.gatewayURL, d.managerURL())
+	<-ctx.Done()
+	fmt.Fprintf(d.out, "stopping\n")
 	return 0, nil
 }

@@ -7,11 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strings"
-	"text/template"
-
-	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"strconv"
 
 	"github.com/legacygate/legacygate/integration/certs"
 	"github.com/legacygate/legacygate/integration/manager"
@@ -24,6 +20,7 @@ type demo struct {
 	out        io.Writer
 	dir        string
 	removeDir  bool
+	gw         *gateway
 	mgr        *manager.Manager
 	storyMgr   *manager.Manager // the story's manager, once the story started
 	gatewayURL string
@@ -36,17 +33,17 @@ type demo struct {
 
 func (d *demo) printf(format string, args ...any) { fmt.Fprintf(d.out, format, args...) }
 
-// setup makes the keys, starts the manager and loads the gateway's config.
-func setup(dir string, out io.Writer) (*demo, error) {
-	d := &demo{out: out, dir: dir}
-	if d.dir == "" {
-		tmp, err := os.MkdirTemp("", "legacygate-demo-")
-		if err != nil {
-			return nil, fmt.Errorf("making the demo folder: %w", err)
-		}
-		d.dir, d.removeDir = tmp, true
-	} else if err := os.MkdirAll(d.dir, 0o700); err != nil {
-		return nil, fmt.Errorf("making the demo folder %s: %w", d.dir, err)
+// setup makes the keys, starts the manager and the gateway (the legacygate
+// binary o.Legacygate) with Caddyfile.example from o.ConfigDir.
+func setup(o Options) (*demo, error) {
+	d := &demo{out: o.Out}
+	var err error
+	if d.dir, d.removeDir, err = makeDir(o.Dir); err != nil {
+		return nil, err
+	}
+	if d.gw, err = newGateway(o.Legacygate, d.dir, o.configDir()); err != nil {
+		d.close()
+		return nil, err
 	}
 	if err := d.start(); err != nil {
 		d.close()
@@ -79,17 +76,12 @@ func (d *demo) start() error {
 	}
 	d.mgr = mgr
 	d.managerURL = "https://" + mgr.Addrs().HTTPS
-	if d.gwPort, err = freePort(); err != nil {
-		return err
-	}
-	if d.httpPort, err = freePort(); err != nil {
-		return err
-	}
+	d.gwPort, d.httpPort = d.gw.httpsPort, d.gw.httpPort
 	d.gatewayURL = fmt.Sprintf("https://127.0.0.1:%d", d.gwPort)
 	d.printf("legacygate demo: everything on 127.0.0.1, files in %s\n\n", d.dir)
 	d.printf("  manager  %s  TLS 1.0 only, SHA-1 self-signed certificate\n", d.managerURL)
 	d.printf("           pin %s\n", mgr.Pin())
-	d.printf("  gateway  %s  TLS 1.2 and 1.3 only (Caddy's internal CA)\n\n", d.gatewayURL)
+	d.printf("  gateway  %s  TLS 1.2 and 1.3 only (Caddy's internal CA), %s as shipped\n\n", d.gatewayURL, configSEPM)
 	return d.loadGateway()
 }
 
@@ -113,25 +105,34 @@ func (d *demo) makeGatewayKey() error {
 	return nil
 }
 
-// loadGateway writes the manager's current certificate where the Caddyfile
-// points, writes the Caddyfile with the manager's current pin, adapts it and
-// loads it into this process's Caddy: the same thing `legacygate reload` does.
+// loadGateway writes the manager's current certificate where SEPM_CERT
+// points and has the gateway serve Caddyfile.example with the manager's
+// current pin: `legacygate run` the first time, `legacygate reload` after.
 func (d *demo) loadGateway() error {
 	mgrCert := filepath.Join(d.dir, "manager.crt")
 	if err := os.WriteFile(mgrCert, d.mgr.Pair().CertPEM(), 0o644); err != nil {
 		return fmt.Errorf("writing %s: %w", mgrCert, err)
 	}
-	return loadCaddyfile(caddyfileTemplate, map[string]any{
-		"Dir":      d.dir,
-		"Port":     d.gwPort,
-		"HTTPPort": d.httpPort,
-		"Manager":  d.mgr.Addrs().HTTPS,
-		"Pin":      d.mgr.Pin(),
-	}, filepath.Join(d.dir, "Caddyfile"))
+	return d.gw.load(configSEPM, d.sepmVars(d.mgr.Addrs().HTTPS, d.mgr.Pin(), mgrCert), filepath.Join(d.dir, "Caddyfile"))
+}
+
+// sepmVars are Caddyfile.example's environment variables for a manager at
+// addr with the given pins and certificates (several: space-separated).
+func (d *demo) sepmVars(addr, pins string, certs ...string) map[string]string {
+	return map[string]string{
+		"LEGACYGATE_SITE":         "127.0.0.1:" + strconv.Itoa(d.gwPort),
+		"LEGACYGATE_BIND":         "127.0.0.1",
+		"SEPM_MANAGER":            addr,
+		"SEPM_PIN":                pins,
+		"SEPM_SERVER_NAME":        "localhost",
+		"SEPM_CERT":               quoteAll(certs...),
+		"LEGACYGATE_SIGNING_KEY":  quote(filepath.Join(d.dir, "gateway.key")),
+		"LEGACYGATE_SIGNING_CERT": quote(filepath.Join(d.dir, "gateway.crt")),
+	}
 }
 
 func (d *demo) close() {
-	if err := caddy.Stop(); err != nil {
+	if err := d.gw.stop(); err != nil {
 		d.printf("stopping the gateway: %v\n", err)
 	}
 	if d.mgr != nil {
@@ -148,74 +149,3 @@ func (d *demo) close() {
 // freePort is ports.Free: the gateway binds with SO_REUSEPORT, so a port
 // another process was also given would be shared silently.
 func freePort() (int, error) { return ports.Free() }
-
-// caddyfileTemplate is the gateway's configuration: Caddyfile.example's
-// shape on loopback ports, with the manager's pin and certificate.
-var caddyfileTemplate = template.Must(template.New("Caddyfile").Parse(`{
-	admin off
-	persist_config off
-	skip_install_trust
-	storage file_system {{.Dir}}/caddy
-	http_port {{.HTTPPort}}
-	https_port {{.Port}}
-	log {
-		output file {{.Dir}}/gateway.log
-		format json
-	}
-}
-
-https://127.0.0.1:{{.Port}} {
-	tls internal {
-		protocols tls1.2 tls1.3
-	}
-	header -Server
-	@client path /secars/* /secreg/*
-	handle @client {
-		@heartbeat {
-			path /secars/secars.dll
-			query action=index
-		}
-		heartbeat_limit @heartbeat {
-			key {query.hostid}
-			rate 1/5s
-			burst 3
-		}
-		policy_guard /secars/secars.dll {
-			upstream_cert {{.Dir}}/manager.crt
-			signing_key {{.Dir}}/gateway.key {{.Dir}}/gateway.crt
-			roots Profile ServerSettings
-		}
-		reverse_proxy {{.Manager}} {
-			transport legacy_tls {
-				pin {{.Pin}}
-				min_version tls1.0
-			}
-			header_down -Server
-			header_down -X-Powered-By
-		}
-	}
-	handle {
-		respond 404
-	}
-}
-`))
-
-// loadCaddyfile renders tmpl with data into file, adapts it and loads it into
-// this process's Caddy: what `legacygate reload` does for a running gateway.
-func loadCaddyfile(tmpl *template.Template, data map[string]any, file string) error {
-	var b strings.Builder
-	if err := tmpl.Execute(&b, data); err != nil {
-		return fmt.Errorf("writing %s: %w", file, err)
-	}
-	if err := os.WriteFile(file, []byte(b.String()), 0o644); err != nil {
-		return fmt.Errorf("writing %s: %w", file, err)
-	}
-	cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(b.String()), map[string]any{"filename": file})
-	if err != nil {
-		return fmt.Errorf("adapting %s: %w", file, err)
-	}
-	if err := caddy.Load(cfg, true); err != nil {
-		return fmt.Errorf("loading %s: %w", file, err)
-	}
-	return nil
-}

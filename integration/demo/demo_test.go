@@ -6,15 +6,18 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/legacygate/legacygate/integration/harness"
 )
 
-// TestDemoEveryStepBehavesAndTheStoryShowsBothSides runs the demo
-// in-process, as `legacygate demo --once` does: every scripted step must
-// behave, and the story must show the direct fleet orphaned, none through
-// the gateway, and every gateway client confirming the rotation.
+// TestDemoEveryStepBehavesAndTheStoryShowsBothSides runs the demo with a
+// gateway process of this tree's legacygate, as `mgrsim demo --once` does:
+// every scripted step must behave, and the story must show the direct fleet
+// orphaned, none through the gateway, and every gateway client confirming
+// the rotation.
 func TestDemoEveryStepBehavesAndTheStoryShowsBothSides(t *testing.T) {
 	var out bytes.Buffer
-	d, err := setup(t.TempDir(), &out)
+	d, err := setup(Options{Legacygate: harness.Binary(t), Dir: t.TempDir(), Out: &out})
 	if err != nil {
 		t.Fatalf("setting up the demo: %v\n%s", err, out.String())
 	}
@@ -24,7 +27,7 @@ func TestDemoEveryStepBehavesAndTheStoryShowsBothSides(t *testing.T) {
 	if failed := d.runSteps(ctx); failed != 0 {
 		t.Fatalf("%d demo steps misbehaved:\n%s", failed, out.String())
 	}
-	for _, want := range []string{"TLS 1.0 only", "429", "orphaned", "degraded, not orphaned", "steps behaved as expected"} {
+	for _, want := range []string{"TLS 1.0 only", "answered 503 with Retry-After", "orphaned", "degraded, not orphaned", "steps behaved as expected"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("demo output lacks %q:\n%s", want, out.String())
 		}

@@ -12,89 +12,66 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
-	"syscall"
-	"text/template"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
 	"github.com/smallstep/pkcs7"
 
 	"github.com/legacygate/legacygate/integration/certs"
 	"github.com/legacygate/legacygate/integration/manager"
 )
 
-// Flavors `legacygate demo --flavor` accepts besides sepm.
+// Flavors `mgrsim demo --flavor` accepts; sepm is the default.
 const (
+	flavorSEPM         = "sepm"
 	flavorCheckpoint   = "checkpoint"
 	flavorPolicyServer = "policyserver"
 )
 
 // flavorDemo is the demo for the Check Point-style and PolicyServer-style
-// managers: the manager, the gateway configured like examples/<flavor>.Caddyfile,
+// managers: the manager, the gateway running examples/<flavor>.Caddyfile,
 // and a script of requests.
 type flavorDemo struct {
 	out        io.Writer
 	flavor     string
 	dir        string
 	removeDir  bool
+	gw         *gateway
 	mgr        *manager.Manager
 	gwPort     int
 	httpPort   int
 	gatewayURL string
+	front      *certs.Pair // the gateway's certificate (LEGACYGATE_FRONT_CERT)
 	gateway    *http.Client
 	oldSigner  []byte // PEM of the manager's certificate before its key changed
 	failed     int
 }
 
-// runFlavor is run for a flavor other than sepm.
-func runFlavor(flavor string, once bool, dir string) (int, error) {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	d, err := setupFlavor(flavor, dir, os.Stdout)
-	if err != nil {
-		return 1, err
+// setupFlavor starts the o.Flavor manager and the gateway (the legacygate
+// binary o.Legacygate) with examples/<flavor>.Caddyfile from o.ConfigDir.
+func setupFlavor(o Options) (*flavorDemo, error) {
+	if err := CheckFlavor(o.Flavor); err != nil {
+		return nil, err
 	}
-	defer d.close()
-	failed := d.runSteps(ctx)
-	if once {
-		if failed > 0 {
-			return 1, fmt.Errorf("%d demo step(s) did not behave as expected", failed)
-		}
-		return 0, nil
+	d := &flavorDemo{out: o.Out, flavor: o.Flavor}
+	var err error
+	if d.dir, d.removeDir, err = makeDir(o.Dir); err != nil {
+		return nil, err
 	}
-	fmt.Fprintf(d.out, "\nThe gateway keeps serving at %s (manager at %s). Press Ctrl-C to stop.\n", d.gatewayURL, d.managerURL())
-	<-ctx.Done()
-	fmt.Fprintf(d.out, "stopping\n")
-	return 0, nil
-}
-
-// setupFlavor starts the flavor's manager and loads the gateway.
-func setupFlavor(flavor, dir string, out io.Writer) (*flavorDemo, error) {
-	tmpl, ok := flavorTemplates[flavor]
-	if !ok {
-		return nil, fmt.Errorf("--flavor: %q is not one of sepm, %s, %s", flavor, flavorCheckpoint, flavorPolicyServer)
+	if d.gw, err = newGateway(o.Legacygate, d.dir, o.configDir()); err != nil {
+		d.close()
+		return nil, err
 	}
-	d := &flavorDemo{out: out, flavor: flavor, dir: dir}
-	if d.dir == "" {
-		tmp, err := os.MkdirTemp("", "legacygate-demo-")
-		if err != nil {
-			return nil, fmt.Errorf("making the demo folder: %w", err)
-		}
-		d.dir, d.removeDir = tmp, true
-	} else if err := os.MkdirAll(d.dir, 0o700); err != nil {
-		return nil, fmt.Errorf("making the demo folder %s: %w", d.dir, err)
-	}
-	if err := d.start(tmpl); err != nil {
+	if err := d.start(); err != nil {
 		d.close()
 		return nil, err
 	}
 	return d, nil
 }
 
-func (d *flavorDemo) start(tmpl *template.Template) error {
+func (d *flavorDemo) start() error {
 	cfg := manager.Config{Flavor: d.flavor, HTTPAddr: "127.0.0.1:0"}
 	if d.flavor == flavorCheckpoint {
 		cfg = manager.Config{
@@ -111,12 +88,10 @@ func (d *flavorDemo) start(tmpl *template.Template) error {
 		return fmt.Errorf("starting the emulated manager: %w", err)
 	}
 	d.mgr = mgr
-	if d.gwPort, err = freePort(); err != nil {
+	if err := d.makeFrontCert(); err != nil {
 		return err
 	}
-	if d.httpPort, err = freePort(); err != nil {
-		return err
-	}
+	d.gwPort, d.httpPort = d.gw.httpsPort, d.gw.httpPort
 	d.gatewayURL = fmt.Sprintf("https://127.0.0.1:%d", d.gwPort)
 	fmt.Fprintf(d.out, "legacygate demo (%s): everything on 127.0.0.1, files in %s\n\n", d.flavor, d.dir)
 	if d.flavor == flavorCheckpoint {
@@ -124,8 +99,22 @@ func (d *flavorDemo) start(tmpl *template.Template) error {
 	} else {
 		fmt.Fprintf(d.out, "  manager  %s  plain HTTP SOAP (MAWebService2)\n", d.managerURL())
 	}
-	fmt.Fprintf(d.out, "  gateway  %s  TLS 1.2 and 1.3 only (Caddy's internal CA)\n\n", d.gatewayURL)
-	return d.loadGateway(tmpl, d.mgr.Pair().CertPEM())
+	fmt.Fprintf(d.out, "  gateway  %s  TLS 1.2 and 1.3 only, %s as shipped\n\n", d.gatewayURL, flavorConfigs[d.flavor])
+	return d.loadGateway(d.mgr.Pair().CertPEM())
+}
+
+// makeFrontCert writes the gateway's certificate for 127.0.0.1, which the
+// examples read from LEGACYGATE_FRONT_CERT and LEGACYGATE_FRONT_KEY.
+func (d *flavorDemo) makeFrontCert() error {
+	pair, err := certs.New(certs.Modern, "legacygate demo gateway", 2048)
+	if err != nil {
+		return fmt.Errorf("making the gateway's certificate: %w", err)
+	}
+	if _, _, err := pair.WriteFiles(d.dir, "front"); err != nil {
+		return fmt.Errorf("writing the gateway's certificate: %w", err)
+	}
+	d.front = pair
+	return nil
 }
 
 func (d *flavorDemo) managerURL() string {
@@ -135,23 +124,37 @@ func (d *flavorDemo) managerURL() string {
 	return "http://" + d.mgr.Addrs().HTTP
 }
 
-// loadGateway writes the package signer's certificate and the Caddyfile
-// (with the manager's current pin), adapts it and loads it into this
-// process's Caddy.
-func (d *flavorDemo) loadGateway(tmpl *template.Template, signerPEM []byte) error {
+// flavorConfigs are the shipped configurations the flavors run.
+var flavorConfigs = map[string]string{
+	flavorCheckpoint:   configCheckpoint,
+	flavorPolicyServer: configPolicyServer,
+}
+
+// loadGateway writes the package signer's certificate and has the gateway
+// serve the flavor's example with the manager's current address and pin.
+func (d *flavorDemo) loadGateway(signerPEM []byte) error {
 	mgrCert := filepath.Join(d.dir, "manager.crt")
 	if err := os.WriteFile(mgrCert, signerPEM, 0o644); err != nil {
 		return fmt.Errorf("writing %s: %w", mgrCert, err)
 	}
-	a := d.mgr.Addrs()
-	return loadCaddyfile(tmpl, map[string]any{
-		"Dir": d.dir, "Port": d.gwPort, "HTTPPort": d.httpPort,
-		"Manager": a.HTTPS + a.HTTP, "Pin": d.mgr.Pin(),
-	}, filepath.Join(d.dir, "Caddyfile"))
+	vars := map[string]string{
+		"LEGACYGATE_SITE":       "127.0.0.1:" + strconv.Itoa(d.gwPort),
+		"LEGACYGATE_BIND":       "127.0.0.1",
+		"LEGACYGATE_FRONT_CERT": quote(filepath.Join(d.dir, "front.crt")),
+		"LEGACYGATE_FRONT_KEY":  quote(filepath.Join(d.dir, "front.key")),
+	}
+	if d.flavor == flavorCheckpoint {
+		vars["CHECKPOINT_MANAGER"] = d.mgr.Addrs().HTTPS
+		vars["CHECKPOINT_PIN"] = d.mgr.Pin()
+		vars["CHECKPOINT_MANAGER_CERT"] = quote(mgrCert)
+	} else {
+		vars["POLICYSERVER_MANAGER"] = d.mgr.Addrs().HTTP
+	}
+	return d.gw.load(flavorConfigs[d.flavor], vars, filepath.Join(d.dir, "Caddyfile"))
 }
 
 func (d *flavorDemo) close() {
-	if err := caddy.Stop(); err != nil {
+	if err := d.gw.stop(); err != nil {
 		fmt.Fprintf(d.out, "stopping the gateway: %v\n", err)
 	}
 	if d.mgr != nil {
@@ -248,22 +251,8 @@ func (d *flavorDemo) gatewayClient() (*http.Client, error) {
 	if d.gateway != nil {
 		return d.gateway, nil
 	}
-	rootFile := filepath.Join(d.dir, "caddy", "pki", "authorities", "local", "root.crt")
-	var pem []byte
-	var err error
-	for range 20 { // the internal CA is made when the config loads
-		if pem, err = os.ReadFile(rootFile); err == nil {
-			break
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("reading the gateway's CA root %s: %w", rootFile, err)
-	}
 	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("no certificate in %s", rootFile)
-	}
+	pool.AddCert(d.front.Cert)
 	d.gateway = &http.Client{
 		Timeout:   10 * time.Second,
 		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}},
@@ -433,7 +422,7 @@ func (d *flavorDemo) cpRepin(signer bool) func(context.Context) (string, error) 
 		if signer {
 			cert = d.mgr.Pair().CertPEM()
 		}
-		if err := d.loadGateway(flavorTemplates[d.flavor], cert); err != nil {
+		if err := d.loadGateway(cert); err != nil {
 			return "", err
 		}
 		if signer {
@@ -558,85 +547,3 @@ func (d *flavorDemo) psAbort(ctx context.Context) (string, error) {
 	}
 	return "502 to the client; the manager received the request once (no retry, lb_retries 0)", nil
 }
-
-// flavorTemplates are the gateway configurations: examples/<flavor>.Caddyfile
-// on loopback ports with Caddy's internal CA.
-var flavorTemplates = map[string]*template.Template{
-	flavorCheckpoint: template.Must(template.New("checkpoint").Parse(flavorGlobals + `
-https://127.0.0.1:{{.Port}} {
-	tls internal {
-		protocols tls1.2 tls1.3
-	}
-	header -Server
-	@endpoint path /epm/*
-	handle @endpoint {
-		heartbeat_limit /epm/heartbeat {
-			key {header.X-Endpoint-Id}
-			rate 1/30s
-			burst 3
-			status 503
-		}
-		package_guard /epm/packages/* {
-			upstream_cert {{.Dir}}/manager.crt
-			allow_sha1
-		}
-		reverse_proxy {{.Manager}} {
-			transport legacy_tls {
-				pin {{.Pin}}
-				min_version tls1.0
-			}
-			header_down -Server
-			header_down -X-Powered-By
-		}
-	}
-	handle {
-		respond 404
-	}
-}
-`)),
-	flavorPolicyServer: template.Must(template.New("policyserver").Parse(flavorGlobals + `
-https://127.0.0.1:{{.Port}} {
-	tls internal {
-		protocols tls1.2 tls1.3
-	}
-	header -Server
-	@service path /MAWebService2/MAWebService2.asmx
-	handle @service {
-		xml_guard {
-			max_size 1MiB
-			max_depth 64
-			max_elements 10000
-			roots Envelope
-		}
-		heartbeat_limit {
-			key xml_body DeviceID
-			rate 1/30s
-			burst 5
-			status 503
-		}
-		reverse_proxy {{.Manager}} {
-			lb_retries 0
-			header_down -Server
-			header_down -X-Powered-By
-		}
-	}
-	handle {
-		respond 404
-	}
-}
-`)),
-}
-
-const flavorGlobals = `{
-	admin off
-	persist_config off
-	skip_install_trust
-	storage file_system {{.Dir}}/caddy
-	http_port {{.HTTPPort}}
-	https_port {{.Port}}
-	log {
-		output file {{.Dir}}/gateway.log
-		format json
-	}
-}
-`

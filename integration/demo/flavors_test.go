@@ -6,11 +6,13 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/legacygate/legacygate/integration/harness"
 )
 
-// TestFlavorDemoEveryStepBehaves runs each flavor's scripted demo
-// in-process, as `legacygate demo --flavor F --once` does, and requires
-// every step to behave.
+// TestFlavorDemoEveryStepBehaves runs each flavor's scripted demo with a
+// gateway process of this tree's legacygate, as `mgrsim demo --flavor F
+// --once` does, and requires every step to behave.
 func TestFlavorDemoEveryStepBehaves(t *testing.T) {
 	tests := []struct {
 		flavor string
@@ -22,7 +24,7 @@ func TestFlavorDemoEveryStepBehaves(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.flavor, func(t *testing.T) {
 			var out bytes.Buffer
-			d, err := setupFlavor(tc.flavor, t.TempDir(), &out)
+			d, err := setupFlavor(Options{Flavor: tc.flavor, Legacygate: harness.Binary(t), Dir: t.TempDir(), Out: &out})
 			if err != nil {
 				t.Fatalf("setting up the demo: %v\n%s", err, out.String())
 			}
@@ -42,7 +44,7 @@ func TestFlavorDemoEveryStepBehaves(t *testing.T) {
 }
 
 func TestFlavorDemoUnknownFlavor(t *testing.T) {
-	_, err := setupFlavor("nosuch", t.TempDir(), &bytes.Buffer{})
+	_, err := setupFlavor(Options{Flavor: "nosuch", Legacygate: "legacygate-not-needed", Dir: t.TempDir(), Out: &bytes.Buffer{}})
 	if err == nil || !strings.Contains(err.Error(), "--flavor") {
 		t.Fatalf("error %v, want one naming --flavor", err)
 	}

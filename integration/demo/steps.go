@@ -221,11 +221,11 @@ func (c *clients) console(ctx context.Context) (string, error) {
 	if resp.StatusCode != http.StatusNotFound {
 		return "", fmt.Errorf("got %d, want 404", resp.StatusCode)
 	}
-	return "404: only /secars/* and /secreg/* reach the manager", nil
+	return "404 from manager_request: only the client protocol's paths and methods reach the manager", nil
 }
 
 func (c *clients) storm(ctx context.Context) (string, error) {
-	var ok, limited int
+	var ok, limited, status int
 	var retryAfter string
 	for i := 0; i < 6; i++ {
 		resp, _, err := c.get(ctx, "action=index&hostid="+c.hostID)
@@ -237,7 +237,7 @@ func (c *clients) storm(ctx context.Context) (string, error) {
 			ok++
 		case http.StatusTooManyRequests, http.StatusServiceUnavailable:
 			limited++
-			retryAfter = resp.Header.Get("Retry-After")
+			status, retryAfter = resp.StatusCode, resp.Header.Get("Retry-After")
 		default:
 			return "", fmt.Errorf("heartbeat %d got %d", i+1, resp.StatusCode)
 		}
@@ -245,7 +245,8 @@ func (c *clients) storm(ctx context.Context) (string, error) {
 	if limited == 0 || retryAfter == "" {
 		return "", fmt.Errorf("6 heartbeats in a row: %d allowed, %d limited, Retry-After %q; want some limited with Retry-After", ok, limited, retryAfter)
 	}
-	return fmt.Sprintf("6 heartbeats at once: %d reached the manager, %d answered 429 with Retry-After: %s s", ok, limited, retryAfter), nil
+	return fmt.Sprintf("6 heartbeats at once: %d reached the manager, %d answered %d with Retry-After: %s s (heartbeat_limit's status: 429 by default, 503 in %s, a busy manager's answer)",
+		ok, limited, status, retryAfter, configSEPM), nil
 }
 
 // managerClient speaks TLS 1.0 straight to the manager, as an XP-era client.

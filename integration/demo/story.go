@@ -11,9 +11,9 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
-	"text/template"
 	"time"
 
 	"github.com/legacygate/legacygate/integration/certs"
@@ -33,7 +33,7 @@ const (
 	storySteady       = 3 * time.Second
 	storyPlaintext    = 0.2 // share of clients on the plain listener
 	storyTLS10        = 0.2 // share of direct clients with a TLS 1.0 ceiling
-	storyConfirm      = 3   // confirm_heartbeats
+	storyConfirm      = 3   // confirm_heartbeats, as examples/rotation.Caddyfile ships it
 )
 
 // storyResult is what the story measured.
@@ -129,7 +129,6 @@ func (s *story) start() error {
 		TLSMin:      tls.VersionTLS10,
 		TLSMax:      tls.VersionTLS10,
 		Cert:        certs.SHA1,
-		Sign:        manager.SignRSASHA1,
 		ProfileSize: 16 << 10,
 		MaxHosts:    4 * s.clients,
 		Next:        next,
@@ -252,30 +251,30 @@ func portOf(addr string) int {
 	return port
 }
 
-// loadGateway reloads this process's Caddy with the story's configuration:
-// both manager pins, the rotation window [windowStart, windowEnd), the
-// 8014-style bridge and an admin listener for GET /legacygate/rotation.
+// loadGateway reloads the gateway with examples/rotation.Caddyfile: both
+// manager pins, the rotation window [windowStart, windowEnd), the
+// 8014-style bridge on plainPort, and heartbeat limits for a fleet that
+// heartbeats every storyInterval instead of every few minutes.
 func (s *story) loadGateway(windowStart, windowEnd time.Time) error {
-	if s.adminAddr == "" {
-		adminPort, err := freePort()
-		if err != nil {
-			return err
-		}
-		s.adminAddr = fmt.Sprintf("127.0.0.1:%d", adminPort)
+	s.adminAddr = s.d.gw.admin
+	dir := s.d.dir
+	vars := s.d.sepmVars(s.mgr.Addrs().HTTPS, s.mgr.Pin()+" "+certs.Pin(s.mgr.NextCert()),
+		filepath.Join(dir, "story-manager.crt"), filepath.Join(dir, "story-manager-next.crt"))
+	for name, value := range map[string]string{
+		"LEGACYGATE_NEXT_SIGNING_KEY":      quote(filepath.Join(dir, "gateway-next.key")),
+		"LEGACYGATE_NEXT_SIGNING_CERT":     quote(filepath.Join(dir, "gateway-next.crt")),
+		"LEGACYGATE_WINDOW_START":          windowStart.UTC().Format(time.RFC3339),
+		"LEGACYGATE_WINDOW_END":            windowEnd.UTC().Format(time.RFC3339),
+		"LEGACYGATE_SITE_HOST":             "127.0.0.1",
+		"LEGACYGATE_SITE_PORT":             strconv.Itoa(s.d.gwPort),
+		"LEGACYGATE_PLAIN_PORT":            strconv.Itoa(s.plainPort),
+		"LEGACYGATE_HEARTBEAT_RATE":        "10/1s",
+		"LEGACYGATE_HEARTBEAT_BURST":       "20",
+		"LEGACYGATE_HEARTBEAT_GLOBAL_RATE": "100000/1s",
+	} {
+		vars[name] = value
 	}
-	return loadCaddyfile(storyTemplate, map[string]any{
-		"Dir":         s.d.dir,
-		"Admin":       s.adminAddr,
-		"Port":        s.d.gwPort,
-		"HTTPPort":    s.d.httpPort,
-		"PlainPort":   s.plainPort,
-		"Manager":     s.mgr.Addrs().HTTPS,
-		"Pin":         s.mgr.Pin(),
-		"NextPin":     certs.Pin(s.mgr.NextCert()),
-		"WindowStart": windowStart.UTC().Format(time.RFC3339),
-		"WindowEnd":   windowEnd.UTC().Format(time.RFC3339),
-		"Confirm":     storyConfirm,
-	}, filepath.Join(s.d.dir, "Caddyfile.story"))
+	return s.d.gw.load(configRotation, vars, filepath.Join(dir, "Caddyfile.story"))
 }
 
 // newFleets builds the same fleet twice: straight at the manager and
@@ -503,96 +502,3 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 		return true
 	}
 }
-
-// storyTemplate is the story's gateway: the steps' site, plus the
-// legacygate app with a rotation window, the settings rewrite, both manager
-// pins, and the plain listener behind plaintext_bridge.
-var storyTemplate = template.Must(template.New("Caddyfile.story").Parse(`{
-	admin {{.Admin}}
-	persist_config off
-	skip_install_trust
-	storage file_system {{.Dir}}/caddy
-	http_port {{.HTTPPort}}
-	https_port {{.Port}}
-	log {
-		output file {{.Dir}}/gateway.log
-		format json
-	}
-	legacygate {
-		signing_key current {{.Dir}}/gateway.key {{.Dir}}/gateway.crt
-		signing_key next {{.Dir}}/gateway-next.key {{.Dir}}/gateway-next.crt
-		client_id {query.hostid}
-		rotation {
-			window {{.WindowStart}} {{.WindowEnd}}
-			confirm_heartbeats {{.Confirm}}
-			grace 1h
-			persist_interval 1s
-		}
-	}
-}
-
-(manager) {
-	@heartbeat {
-		path /secars/secars.dll
-		query action=index
-	}
-	heartbeat_limit @heartbeat {
-		key {query.hostid}
-		rate 10/1s
-		burst 20
-	}
-	policy_guard /secars/secars.dll {
-		upstream_cert {{.Dir}}/story-manager.crt {{.Dir}}/story-manager-next.crt
-		roots Profile ServerSettings
-		allow_sha1
-		rewrite {
-			roots ServerSettings
-			addresses 127.0.0.1
-			https_port {{.Port}}
-			drop_http_only
-		}
-	}
-	reverse_proxy {{.Manager}} {
-		transport legacy_tls {
-			pin {{.Pin}}
-			pin {{.NextPin}}
-			min_version tls1.0
-		}
-		header_down -Server
-		header_down -X-Powered-By
-	}
-}
-
-https://127.0.0.1:{{.Port}} {
-	tls internal {
-		protocols tls1.2 tls1.3
-	}
-	header -Server
-	@client path /secars/* /secreg/*
-	handle @client {
-		import manager
-	}
-	handle {
-		respond 404
-	}
-}
-
-http://127.0.0.1:{{.PlainPort}} {
-	@client path /secars/* /secreg/*
-	handle @client {
-		plaintext_bridge {
-			allow /secars/secars.dll /secreg/secreg.dll
-			migration /secars/secars.dll action=index
-			migration /secars/secars.dll action=sylink
-			# the emulated clients are new to the manager and register on
-			# first contact (installed clients already hold a HostId)
-			migration /secreg/secreg.dll action=register
-			outside_window migrate
-		}
-		import manager
-	}
-	handle {
-		respond 404
-	}
-}
-`))

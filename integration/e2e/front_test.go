@@ -205,7 +205,9 @@ func TestCaddyfileExampleAdaptsOnACleanMachine(t *testing.T) {
 	for _, want := range []string{
 		`"not":[{"header":{"Content-Length":["*"]}}]`,
 		`"protocol":"legacy_tls"`, `"min_version":"tls1.0"`, `"pins":["sha256/`,
-		`"protocol_min":"tls1.2"`, `"path":["/secars/*","/secreg/*"]`,
+		`"protocol_min":"tls1.2"`,
+		`"allow":[{"methods":["GET","POST"],"path":"/secars/secars.dll"},{"methods":["POST"],"path":"/secreg/secreg.dll"},{"methods":["GET"],"path":"/content/*"}]`,
+		`"decision_keys":["action","hostid"]`,
 		`"delete":["Server","X-Powered-By"]`, `"max_header_bytes":16000`, `"max_size":1000000`,
 	} {
 		if !strings.Contains(stdout, want) {

@@ -24,7 +24,7 @@ const (
 	maxVersionLen     = 256
 )
 
-// checkpointProtocol is the Check Point-style heartbeat of protocol.md: POST
+// checkpointProtocol is the Check Point-style heartbeat of docs/protocol.md: POST
 // the heartbeat with the endpoint's id; when the policy version changed,
 // download a policy blob and the client package, and install the package
 // only if its detached CMS signature verifies against the certificate the

@@ -36,7 +36,7 @@ func TestCheckpointFleetAgainstEmulator(t *testing.T) {
 				t.Fatalf("healthy manager: %+v, signatures fetched %d; want all %d online with a verified package", s, m.Requests(manager.CountCPSignature), n)
 			}
 			// A regenerated key signs packages the clients do not trust:
-			// direct clients are orphaned, as protocol.md says.
+			// direct clients are orphaned, as docs/protocol.md says.
 			if err := m.Regenerate(); err != nil {
 				t.Fatal(err)
 			}

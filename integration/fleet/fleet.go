@@ -3,7 +3,7 @@
 // a TLS ceiling and a heartbeat schedule, and checks every policy and
 // settings document it downloads with its own XML-DSig verifier (goxmldsig,
 // independent of legacygate's policyguard). The fleet reports how many
-// clients are online, degraded or orphaned as protocol.md defines them, so
+// clients are online, degraded or orphaned as docs/protocol.md defines them, so
 // it can judge a gateway, or a manager without one.
 //
 // Clients are driven by one scheduler (a min-heap of due times) and a fixed

@@ -13,7 +13,7 @@ const (
 	psPayloadBytes     = 64
 )
 
-// policyServerProtocol is the PolicyServer-style heartbeat of protocol.md:
+// policyServerProtocol is the PolicyServer-style heartbeat of docs/protocol.md:
 // a SOAP CheckIn naming the device, each message with a fresh single-use
 // id; when the policy version changed, a GetPolicy. A CheckIn answered with
 // anything but a valid SOAP answer echoing the message id counts as no

@@ -21,7 +21,7 @@ import (
 	"github.com/beevik/etree"
 )
 
-// The SEPM-style paths and limits of protocol.md.
+// The SEPM-style paths and limits of docs/protocol.md.
 const (
 	pathAgent    = "/secars/secars.dll"
 	pathRegister = "/secreg/secreg.dll"
@@ -33,7 +33,7 @@ const (
 	maxRetryAfter   = time.Hour
 )
 
-// sepmProtocol is the SEPM-style heartbeat of protocol.md.
+// sepmProtocol is the SEPM-style heartbeat of docs/protocol.md.
 type sepmProtocol struct{}
 
 // beat runs one SEPM heartbeat: register if needed, GET the index from the

@@ -7,7 +7,7 @@ import (
 )
 
 // Summary is the fleet's report. The first nine fields are the keys
-// protocol.md lists; the rest are extras. Every client is in exactly one
+// docs/protocol.md lists; the rest are extras. Every client is in exactly one
 // of pending, online, degraded, failing and orphaned, so those five add up
 // to clients.
 type Summary struct {

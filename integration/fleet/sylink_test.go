@@ -6,7 +6,7 @@ import (
 	"testing"
 )
 
-// protocolSyLink is the SyLink.xml shape of protocol.md, with
+// protocolSyLink is the SyLink.xml shape of docs/protocol.md, with
 // <ServerCertificate> as the emulator writes it; CERT is replaced.
 const protocolSyLink = `<?xml version="1.0" encoding="UTF-8"?>
 <ServerSettings DomainId="87D0C0A8010A69A" NameSpace="rpc">

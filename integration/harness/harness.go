@@ -19,6 +19,7 @@ package harness
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -28,6 +29,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -53,7 +56,8 @@ var (
 
 // Binary returns the path of a legacygate binary built from this module's
 // ./cmd/legacygate. It is built once per test process (go build's cache makes
-// later processes quick) into a shared directory under os.TempDir(), written
+// later processes quick) into a directory under os.TempDir() shared by the
+// test processes of this module root (other worktrees get their own), written
 // to a temporary name and renamed into place, so concurrent test processes
 // never see a half-written file.
 func Binary(t testing.TB) string {
@@ -70,7 +74,9 @@ func build() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	dir := filepath.Join(os.TempDir(), "legacygate-harness")
+	// One directory per module root: worktrees of this repository test
+	// different code at the same time, and must not run each other's binary.
+	dir := filepath.Join(os.TempDir(), "legacygate-harness", fmt.Sprintf("%x", sha256.Sum256([]byte(root)))[:16])
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("creating %s: %w", dir, err)
 	}
@@ -293,9 +299,74 @@ func (g *Gateway) WaitLog(t testing.TB, timeout time.Duration, parts ...string) 
 // certificate for name. Caddy serves its configuration before its managed
 // certificates (including `tls internal` ones) are issued, so a TLS test
 // calls this before its first handshake.
+//
+// certmagic logs "certificate obtained successfully" before it puts the
+// certificate in its cache, so a handshake right after the line can still
+// fail with "tls: internal error". WaitCertificate therefore also waits
+// until a handshake for name succeeds on every port the Caddyfile gives
+// name (name:PORT), or on the https_port when it gives none.
 func (g *Gateway) WaitCertificate(t testing.TB, name string) {
 	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
 	g.WaitLog(t, 10*time.Second, `"certificate obtained successfully"`, `"identifier":"`+name+`"`)
+	for _, port := range g.sitePorts(name) {
+		if err := waitHandshake(net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), name, deadline); err != nil {
+			t.Fatalf("the certificate for %s is not served on port %d: %v\n--- gateway log ---\n%s", name, port, err, g.Logs())
+		}
+	}
+}
+
+// sitePorts is every port the loaded Caddyfile gives name (name:PORT), or
+// the https_port when it gives none.
+func (g *Gateway) sitePorts(name string) []int {
+	var ports []int
+	b, err := os.ReadFile(filepath.Join(g.Dir, "Caddyfile"))
+	if err == nil {
+		text := envPlaceholder.ReplaceAllStringFunc(string(b), expandEnv)
+		re := regexp.MustCompile(`(?:^|[\s/,])` + regexp.QuoteMeta(name) + `:(\d+)`)
+		for _, m := range re.FindAllStringSubmatch(text, -1) {
+			if p, err := strconv.Atoi(m[1]); err == nil && !slices.Contains(ports, p) {
+				ports = append(ports, p)
+			}
+		}
+	}
+	if len(ports) == 0 {
+		ports = append(ports, g.HTTPSPort)
+	}
+	return ports
+}
+
+// envPlaceholder is a Caddyfile environment placeholder, {$NAME} or
+// {$NAME:default}, which the gateway (started with this process's
+// environment) expands when it loads the file.
+var envPlaceholder = regexp.MustCompile(`\{\$([A-Za-z0-9_]+)(?::([^}]*))?\}`)
+
+func expandEnv(placeholder string) string {
+	m := envPlaceholder.FindStringSubmatch(placeholder)
+	if v, ok := os.LookupEnv(m[1]); ok && v != "" {
+		return v
+	}
+	return m[2]
+}
+
+// waitHandshake retries a TLS handshake for name on addr until one
+// succeeds, or returns the last error at the deadline. Only the presence
+// of a certificate matters here, so the chain is not verified.
+func waitHandshake(addr, name string, deadline time.Time) error {
+	for {
+		d := &tls.Dialer{
+			NetDialer: &net.Dialer{Timeout: time.Second},
+			Config:    &tls.Config{ServerName: name, InsecureSkipVerify: true},
+		}
+		conn, err := d.Dial("tcp", addr)
+		if err == nil {
+			return conn.Close()
+		}
+		if time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // RootCAs is a pool holding the root of the gateway's internal CA (the one

@@ -1,5 +1,5 @@
 // Package manager emulates legacy endpoint-security managers on loopback for
-// tests, demos and benchmarks: the client protocol of protocol.md over HTTPS
+// tests, demos and benchmarks: the client protocol of docs/protocol.md over HTTPS
 // (down to TLS 1.0, with the weak certificates real managers present) and
 // plain HTTP, documents signed with XML-DSig by the manager's key, and the two
 // ways a manager changes that key (regenerate: the accident; import: the

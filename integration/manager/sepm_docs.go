@@ -40,7 +40,7 @@ type sylinkServer struct {
 	certDER   []byte
 }
 
-// buildSyLink is the unsigned SyLink.xml of protocol.md, with the signing
+// buildSyLink is the unsigned SyLink.xml of docs/protocol.md, with the signing
 // certificate under each server as <ServerCertificate>.
 func buildSyLink(domainID, kcs string, heartbeat int, servers []sylinkServer) []byte {
 	var b strings.Builder

@@ -30,14 +30,11 @@ func (e *Error) Unwrap() error { return e.Err }
 // and so is UTF-16 or UTF-32, which a client's parser could read as a policy
 // this scan does not see. It allocates nothing.
 func Root(body []byte) ([]byte, error) {
+	if isXML, err := Plain(body); !isXML {
+		return nil, err
+	}
 	b := bytes.TrimPrefix(body, []byte("\xef\xbb\xbf"))
-	if len(b) >= 2 && (b[0] == 0 || b[1] == 0 || (b[0] == 0xfe && b[1] == 0xff) || (b[0] == 0xff && b[1] == 0xfe)) {
-		return nil, &Error{ReasonEncoding, errors.New("body is UTF-16 or UTF-32")}
-	}
 	i := skipSpace(b, 0)
-	if i == len(b) || b[i] != '<' {
-		return nil, nil
-	}
 	for {
 		i = skipSpace(b, i)
 		if i == len(b) {
@@ -64,6 +61,20 @@ func Root(body []byte) ([]byte, error) {
 			return nil, err
 		}
 	}
+}
+
+// Plain reports whether body is XML by its bytes alone: after a UTF-8 byte
+// order mark and whitespace, it starts with '<'. A Content-Type plays no
+// part: an unsigned <Profile> labelled text/plain is still a Profile to a
+// client. UTF-16 and UTF-32 text is an error (ReasonEncoding), since a
+// client's parser could read a document there that this test does not see.
+func Plain(body []byte) (bool, error) {
+	b := bytes.TrimPrefix(body, []byte("\xef\xbb\xbf"))
+	if len(b) >= 2 && (b[0] == 0 || b[1] == 0 || (b[0] == 0xfe && b[1] == 0xff) || (b[0] == 0xff && b[1] == 0xfe)) {
+		return false, &Error{ReasonEncoding, errors.New("body is UTF-16 or UTF-32")}
+	}
+	i := skipSpace(b, 0)
+	return i < len(b) && b[i] == '<', nil
 }
 
 func malformed(what string) error {

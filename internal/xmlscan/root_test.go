@@ -90,3 +90,32 @@ func xmlRoot(body []byte) (string, bool) {
 		}
 	}
 }
+
+func TestPlainDecidesByTheBytesAlone(t *testing.T) {
+	tests := []struct {
+		body   string
+		xml    bool
+		reason string
+	}{
+		{"", false, ""},
+		{"OK", false, ""},
+		{"\x1f\x8b\x08\x00", false, ""},
+		{" \r\n<Profile/>", true, ""},
+		{"\xef\xbb\xbf\n<Profile/>", true, ""},
+		{"<", true, ""},
+		{"\xff\xfe<\x00P\x00", false, ReasonEncoding},
+		{"\x00<\x00P", false, ReasonEncoding},
+	}
+	for _, tc := range tests {
+		isXML, err := Plain([]byte(tc.body))
+		reason := ""
+		if se, ok := errors.AsType[*Error](err); ok {
+			reason = se.Reason
+		} else if err != nil {
+			t.Errorf("Plain(%q): error %v without a reason", tc.body, err)
+		}
+		if isXML != tc.xml || reason != tc.reason {
+			t.Errorf("Plain(%q) = %v, %q; want %v, %q", tc.body, isXML, reason, tc.xml, tc.reason)
+		}
+	}
+}

@@ -14,7 +14,9 @@ import (
 // Recorder holds a response of the rest of the chain until the handler has
 // judged it: headers and at most limit bytes of body. A status for which
 // the stream policy says so is not held but streamed straight to the
-// client, headers copied when the status is written.
+// client, headers copied when the status is written. A response of any
+// status that repeats one of SingletonHeaders is neither held nor streamed:
+// it is ambiguous (see Ambiguous), and the handler refuses it.
 //
 // caddyhttp.NewResponseRecorder does not fit: it shares the client's header
 // map (the manager's headers would reach the client of a refused response)
@@ -30,10 +32,15 @@ type Recorder struct {
 	wroteHeader bool
 	streaming   bool
 	tooLarge    bool
+	ambiguous   error // a repeated singleton header: nothing is forwarded
 }
 
-// ErrTooLarge is what Write returns once the body is over the limit.
-var ErrTooLarge = errors.New("response body over max_size")
+var (
+	// ErrTooLarge is what Write returns once the body is over the limit.
+	ErrTooLarge = errors.New("response body over max_size")
+	// ErrAmbiguous is what Write returns for an ambiguous response.
+	ErrAmbiguous = errors.New("response refused for a repeated singleton header")
+)
 
 // Buffers over this capacity are dropped instead of pooled, so one large
 // payload does not pin its memory for the life of the process.
@@ -83,6 +90,9 @@ func (rec *Recorder) WriteHeader(status int) {
 		return
 	}
 	rec.status, rec.wroteHeader = status, true
+	if rec.ambiguous = RepeatedSingleton(rec.header); rec.ambiguous != nil {
+		return
+	}
 	if rec.streams(status) {
 		rec.streaming = true
 		CopyHeaderMap(rec.w.Header(), rec.header)
@@ -111,6 +121,9 @@ func (rec *Recorder) reserve() {
 
 func (rec *Recorder) Write(p []byte) (int, error) {
 	rec.WriteHeader(http.StatusOK)
+	if rec.ambiguous != nil {
+		return 0, ErrAmbiguous
+	}
 	if rec.streaming {
 		return rec.w.Write(p)
 	}
@@ -153,6 +166,11 @@ func (rec *Recorder) Streamed() bool { return rec.streaming }
 
 // TooLarge reports whether the body, or its Content-Length, was over the limit.
 func (rec *Recorder) TooLarge() bool { return rec.tooLarge }
+
+// Ambiguous is the *HeaderError of a response that repeats one of
+// SingletonHeaders, nil for any other. Check it before anything else: such
+// a response was neither held nor streamed, whatever its status.
+func (rec *Recorder) Ambiguous() error { return rec.ambiguous }
 
 // Declared is the Content-Length that made the response too large, 0 when
 // its bytes did.

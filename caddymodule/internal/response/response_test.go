@@ -132,3 +132,21 @@ func TestServeNextRecoversOnlyTheAbort(t *testing.T) {
 		panic("other")
 	}))
 }
+
+func TestRecorderNeitherHoldsNorStreamsARepeatedSingletonHeader(t *testing.T) {
+	for _, status := range []int{200, 404, http.StatusSwitchingProtocols} {
+		client := httptest.NewRecorder()
+		rec := NewRecorder(client, 64, func(s int) bool { return s != 200 })
+		rec.Header().Add("Content-Encoding", "identity")
+		rec.Header()["content-encoding"] = []string{"gzip"}
+		rec.WriteHeader(status)
+		_, err := rec.Write([]byte("<Profile/>"))
+		if HeaderName(rec.Ambiguous()) != "Content-Encoding" || !errors.Is(err, ErrAmbiguous) {
+			t.Fatalf("%d: ambiguous %v, write error %v", status, rec.Ambiguous(), err)
+		}
+		if rec.Streamed() || rec.Len() != 0 || client.Body.Len() != 0 || len(client.Header()) != 0 {
+			t.Fatalf("%d: streamed %v, held %d bytes, client got %v %q", status, rec.Streamed(), rec.Len(), client.Header(), client.Body)
+		}
+		rec.Release()
+	}
+}
