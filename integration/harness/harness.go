@@ -323,9 +323,11 @@ func (g *Gateway) sitePorts(name string) []int {
 	b, err := os.ReadFile(filepath.Join(g.Dir, "Caddyfile"))
 	if err == nil {
 		text := envPlaceholder.ReplaceAllStringFunc(string(b), expandEnv)
-		re := regexp.MustCompile(`(?:^|[\s/,])` + regexp.QuoteMeta(name) + `:(\d+)`)
+		// A site address, "name:PORT" or "https://name:PORT", but not a
+		// plain "http://name:PORT" site, which has no certificate.
+		re := regexp.MustCompile(`(?m)(^|[\s,]|https://)` + regexp.QuoteMeta(name) + `:(\d+)`)
 		for _, m := range re.FindAllStringSubmatch(text, -1) {
-			if p, err := strconv.Atoi(m[1]); err == nil && !slices.Contains(ports, p) {
+			if p, err := strconv.Atoi(m[2]); err == nil && !slices.Contains(ports, p) {
 				ports = append(ports, p)
 			}
 		}

@@ -4,6 +4,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -115,6 +118,32 @@ func TestWithGlobalsFindsTheGlobalBlock(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := g.withGlobals(tc.in); got != tc.want {
 				t.Fatalf("withGlobals:\n%s\nwant:\n%s", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestSitePortsAreTheTLSSitesOfTheName(t *testing.T) {
+	t.Setenv("HARNESS_TEST_SITE", "")
+	tests := []struct {
+		name      string
+		caddyfile string
+		want      []int
+	}{
+		{"explicit sites", "localhost:3 {\n}\nhttps://localhost:2 {\n}\n", []int{3, 2}},
+		{"plain HTTP site has no certificate", "http://localhost:1 {\n}\nlocalhost:5 {\n}\n", []int{5}},
+		{"environment default", "{$HARNESS_TEST_SITE:localhost:4} {\n}\n", []int{4}},
+		{"other names only", "example.com:7 {\n}\n", []int{9}},
+		{"no port: the https_port", "localhost {\n}\n", []int{9}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			g := &Gateway{Dir: t.TempDir(), HTTPSPort: 9}
+			if err := os.WriteFile(filepath.Join(g.Dir, "Caddyfile"), []byte(tc.caddyfile), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if got := g.sitePorts("localhost"); !slices.Equal(got, tc.want) {
+				t.Errorf("sitePorts = %v, want %v", got, tc.want)
 			}
 		})
 	}
