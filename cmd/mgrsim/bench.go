@@ -55,9 +55,12 @@ func (b *binaries) flags(fs *flag.FlagSet) {
 func (b *binaries) resolve(dir string, stderr io.Writer, withBaselines bool) error {
 	var err error
 	if b.legacygate == "" {
-		if b.legacygate, err = bench.FindLegacygate(dir); err != nil {
-			return err
-		}
+		b.legacygate, err = bench.FindLegacygate(dir)
+	} else {
+		b.legacygate, err = bench.ResolveBinary(b.legacygate)
+	}
+	if err != nil {
+		return err
 	}
 	baselines := []struct {
 		bin  *string

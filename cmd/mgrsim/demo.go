@@ -86,6 +86,14 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "mgrsim demo:", err)
 		return 2
 	}
+	if opts.Legacygate != "" {
+		path, err := bench.ResolveBinary(opts.Legacygate)
+		if err != nil {
+			fmt.Fprintln(stderr, "mgrsim demo: --legacygate:", err)
+			return 2
+		}
+		opts.Legacygate = path
+	}
 	if opts.Legacygate == "" {
 		binDir, err := os.MkdirTemp("", "mgrsim-demo-")
 		if err != nil {

@@ -331,8 +331,9 @@ func startLab(cfg Config) (*lab, error) {
 // measure the limiter's cost, not its rejections.
 const generousLimit = "rate 1000000/1s\n\t\tburst 1000000"
 
-// gatewayCaddyfile is the full chain: heartbeat_limit, policy_guard, and
-// reverse_proxy through legacy_tls pinned to the manager.
+// gatewayCaddyfile is the full chain as Caddyfile.example ships it:
+// manager_request, heartbeat_limit, policy_guard, and reverse_proxy through
+// legacy_tls pinned to the manager.
 func gatewayCaddyfile(dir string, port int, fr front, m *manager.Manager, managerCert, signKey, signCert string, legacy bool, limit string) (string, error) {
 	globals, err := caddyGlobals(dir, "")
 	if err != nil {
@@ -344,6 +345,11 @@ func gatewayCaddyfile(dir string, port int, fr front, m *manager.Manager, manage
 	}
 	return globals + fmt.Sprintf(`https://127.0.0.1:%d {
 	tls %s %s
+	manager_request {
+		allow GET POST /secars/secars.dll
+		allow POST /secreg/secreg.dll
+		decision_keys action hostid
+	}
 	heartbeat_limit /secars/secars.dll {
 		key {query.hostid} {client_ip}
 		%s

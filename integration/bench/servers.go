@@ -53,6 +53,32 @@ func FindLegacygate(dir string) (string, error) {
 	return bin, nil
 }
 
+// ResolveBinary turns a binary named on the command line into an absolute
+// path: the gateways run in directories of their own, where a relative
+// "./legacygate" names nothing. A bare name is looked up in PATH.
+func ResolveBinary(name string) (string, error) {
+	path := name
+	if !strings.ContainsRune(name, filepath.Separator) {
+		p, err := exec.LookPath(name)
+		if err != nil {
+			return "", fmt.Errorf("binary %q: %w", name, err)
+		}
+		path = p
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return "", fmt.Errorf("binary %q: %w", name, err)
+	}
+	info, err := os.Stat(abs)
+	if err != nil {
+		return "", fmt.Errorf("binary %q: %w", name, err)
+	}
+	if info.IsDir() || info.Mode().Perm()&0o111 == 0 {
+		return "", fmt.Errorf("binary %q: %s is not an executable file", name, abs)
+	}
+	return abs, nil
+}
+
 // FindNginx returns nginx from PATH (or /usr/sbin). When it is missing and
 // this process runs as root, it installs the OS package first.
 func FindNginx(log io.Writer) (string, error) { return findOrInstall(log, "nginx", "--no-nginx") }
