@@ -90,7 +90,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		path, err := bench.ResolveBinary(opts.Legacygate)
 		if err != nil {
 			fmt.Fprintln(stderr, "mgrsim demo: --legacygate:", err)
-			return 2
+			return 1
 		}
 		opts.Legacygate = path
 	}
