@@ -40,7 +40,7 @@ func TestLegacyTLSUnmarshalCaddyfile(t *testing.T) {
 		},
 		{
 			name:  "pool size and wait, with keepalive options beside them",
-			input: "legacy_tls {\n pin " + testPin + "\n max_conns 16\n max_conn_wait 1500ms\n keepalive_idle_conns_per_host 8\n keepalive_idle_timeout 4s\n}",
+			input: "legacy_tls {\n pin " + testPin + "\n max_conns 16\n max_conn_wait 1500ms\n keepalive_idle_conns_per_host 8\n keepalive 4s\n}",
 			want: map[string]any{
 				"max_conns":     float64(16),
 				"max_conn_wait": float64(1500 * time.Millisecond),

@@ -220,7 +220,7 @@ func (l *LegacyTLS) provisionPool(ctx caddy.Context) error {
 		return fmt.Errorf("legacy_tls: max_conn_wait: %s is negative", time.Duration(l.MaxConnWait))
 	}
 	if l.MaxConnsPerHost != 0 && l.MaxConnsPerHost != l.MaxConns {
-		return fmt.Errorf("legacy_tls: max_conns_per_host (%d): use max_conns, which also bounds the waiting requests", l.MaxConnsPerHost)
+		return fmt.Errorf("legacy_tls: max_conns_per_host (%d) differs from max_conns: set max_conns only, it also bounds the waiting requests", l.MaxConnsPerHost)
 	}
 	if l.MaxConns == 0 {
 		l.MaxConns = DefaultMaxConns
