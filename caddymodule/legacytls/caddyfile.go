@@ -2,7 +2,9 @@ package legacytls
 
 import (
 	"slices"
+	"strconv"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 )
@@ -14,6 +16,8 @@ import (
 //	    min_version tls1.0|tls1.1|tls1.2|tls1.3
 //	    max_version tls1.0|tls1.1|tls1.2|tls1.3
 //	    cipher_suites <Go suite names…>
+//	    max_conns <n>
+//	    max_conn_wait <duration>
 //	    <any subdirective of the http transport>
 //	}
 //
@@ -46,6 +50,14 @@ func (l *LegacyTLS) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			l.CipherSuites = append(l.CipherSuites, args...)
+		case "max_conns":
+			if err := l.unmarshalMaxConns(d); err != nil {
+				return err
+			}
+		case "max_conn_wait":
+			if err := l.unmarshalMaxConnWait(d); err != nil {
+				return err
+			}
 		default:
 			if err := l.unmarshalHTTPOption(name, d.NextSegment()); err != nil {
 				return err
@@ -76,6 +88,32 @@ func (l *LegacyTLS) unmarshalVersion(d *caddyfile.Dispenser) error {
 	} else {
 		l.MaxVersion = v
 	}
+	return nil
+}
+
+func (l *LegacyTLS) unmarshalMaxConns(d *caddyfile.Dispenser) error {
+	var v string
+	if !d.Args(&v) || d.NextArg() {
+		return d.ArgErr()
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		return d.Errf("max_conns: %q is not a whole number of at least 1", v)
+	}
+	l.MaxConns = n
+	return nil
+}
+
+func (l *LegacyTLS) unmarshalMaxConnWait(d *caddyfile.Dispenser) error {
+	var v string
+	if !d.Args(&v) || d.NextArg() {
+		return d.ArgErr()
+	}
+	wait, err := caddy.ParseDuration(v)
+	if err != nil || wait <= 0 {
+		return d.Errf("max_conn_wait: %q is not a positive duration (e.g. 5s)", v)
+	}
+	l.MaxConnWait = caddy.Duration(wait)
 	return nil
 }
 

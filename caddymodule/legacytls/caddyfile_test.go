@@ -39,6 +39,15 @@ func TestLegacyTLSUnmarshalCaddyfile(t *testing.T) {
 			},
 		},
 		{
+			name:  "pool size and wait, with keepalive options beside them",
+			input: "legacy_tls {\n pin " + testPin + "\n max_conns 16\n max_conn_wait 1500ms\n keepalive_idle_conns_per_host 8\n keepalive 4s\n}",
+			want: map[string]any{
+				"max_conns":     float64(16),
+				"max_conn_wait": float64(1500 * time.Millisecond),
+				"keep_alive":    map[string]any{"max_idle_conns_per_host": float64(8), "idle_timeout": float64(4 * time.Second)},
+			},
+		},
+		{
 			name:  "nested block of an http option",
 			input: "legacy_tls {\n tls_trust_pool file {\n  pem_file /etc/manager-ca.pem\n }\n}",
 			want: map[string]any{
@@ -81,6 +90,14 @@ func TestLegacyTLSUnmarshalCaddyfileErrors(t *testing.T) {
 		{"two versions", "legacy_tls {\n max_version tls1.2 tls1.3\n}", "argument"},
 		{"no suites", "legacy_tls {\n cipher_suites\n}", "argument"},
 		{"unknown subdirective", "legacy_tls {\n frobnicate\n}", "frobnicate"},
+		{"max_conns without argument", "legacy_tls {\n max_conns\n}", "argument"},
+		{"max_conns zero", "legacy_tls {\n max_conns 0\n}", "max_conns"},
+		{"max_conns negative", "legacy_tls {\n max_conns -3\n}", "max_conns"},
+		{"max_conns not a number", "legacy_tls {\n max_conns many\n}", "max_conns"},
+		{"max_conns twice on a line", "legacy_tls {\n max_conns 8 16\n}", "argument"},
+		{"max_conn_wait without argument", "legacy_tls {\n max_conn_wait\n}", "argument"},
+		{"max_conn_wait not a duration", "legacy_tls {\n max_conn_wait soon\n}", "max_conn_wait"},
+		{"max_conn_wait zero", "legacy_tls {\n max_conn_wait 0s\n}", "max_conn_wait"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -12,6 +12,7 @@ import (
 	"net/http/httptrace"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -66,6 +67,21 @@ type LegacyTLS struct {
 	// TLS 1.3 suites are not configurable.
 	CipherSuites []string `json:"cipher_suites,omitempty"`
 
+	// MaxConns is the most connections open to the manager (per upstream
+	// address) and the most requests in flight through this transport.
+	// Default: 64. A request beyond it waits, at most MaxConnWait, in a
+	// queue of at most 4×MaxConns requests; past either bound it is answered
+	// 503 with Retry-After (MaxConnWait in whole seconds, at least 1)
+	// without reaching the manager. As many connections are kept idle
+	// (keepalive_idle_conns_per_host, if set, wins), so the manager sees a
+	// TLS handshake only when the pool grows or a connection ages out.
+	MaxConns int `json:"max_conns,omitempty"`
+
+	// MaxConnWait is how long a request may wait for a free connection
+	// before the 503. Default: 5s.
+	MaxConnWait caddy.Duration `json:"max_conn_wait,omitempty"`
+
+	pool       *pool
 	pins       [][sha256.Size]byte
 	logger     *zap.Logger
 	handshakes *prometheus.CounterVec
@@ -107,10 +123,14 @@ func (l *LegacyTLS) Provision(ctx caddy.Context) error {
 	if l.handshakes, err = metrics.Register(ctx.GetMetricsRegistry(), legacyTLSHandshakes); err != nil {
 		return fmt.Errorf("legacy_tls: %w", err)
 	}
+	if err := l.provisionPool(ctx); err != nil {
+		return err
+	}
 	if err := l.HTTPTransport.Provision(ctx); err != nil {
 		return fmt.Errorf("legacy_tls: %w", err)
 	}
 	l.applyTLS(cfg)
+	l.countConnections()
 	return nil
 }
 
@@ -198,11 +218,38 @@ func (l *LegacyTLS) verifyPin(cs tls.ConnectionState) error {
 	return &PinMismatchError{Seen: FormatPin(seen), Expected: l.Pins, Subject: leaf.Subject.String(), Version: cs.Version}
 }
 
-// RoundTrip is the http transport's, and explains pin mismatches in the log
-// with the upstream's address (the handshake itself does not know it). A
+// RoundTrip is the http transport's behind the pool (see MaxConns). A
 // small request body of known length leaves with the headers in one write
-// (see coalesceBody).
+// (see coalesceBody). Every failure that reverse_proxy turns into a 502,
+// 503 or 504 is logged here once, at error level, with its reason, the
+// upstream's address (the handshake itself does not know it) and the path.
 func (l *LegacyTLS) RoundTrip(req *http.Request) (*http.Response, error) {
+	if err := l.pool.acquire(req.Context()); err != nil {
+		if req.Body != nil {
+			req.Body.Close()
+		}
+		if !errors.Is(err, errPoolExhausted) {
+			return nil, err // the client gave up waiting
+		}
+		l.logFailure(req, poolExhaustedReason, err)
+		return busyResponse(req, time.Duration(l.MaxConnWait)), nil
+	}
+	resp, err := l.roundTrip(req)
+	if err != nil {
+		l.pool.release()
+		if reason := failureReason(err); reason != "" {
+			l.logFailure(req, reason, err)
+		}
+		return nil, err
+	}
+	holdUntilBodyDone(resp, l.pool.release)
+	return resp, nil
+}
+
+// errRequestBody marks a request whose body could not be read from the client.
+var errRequestBody = errors.New("legacy_tls: reading the request body")
+
+func (l *LegacyTLS) roundTrip(req *http.Request) (*http.Response, error) {
 	out, body := l.coalesceBody(req)
 	resp, err := l.HTTPTransport.RoundTrip(out)
 	if body != nil {
@@ -212,16 +259,8 @@ func (l *LegacyTLS) RoundTrip(req *http.Request) (*http.Response, error) {
 			if resp != nil {
 				resp.Body.Close()
 			}
-			return nil, fmt.Errorf("legacy_tls: reading the request body: %w", readErr)
+			return nil, fmt.Errorf("%w: %w", errRequestBody, readErr)
 		}
-	}
-	if mismatch, ok := errors.AsType[*PinMismatchError](err); ok {
-		l.logger.Error("upstream certificate does not match any pin",
-			zap.String("upstream", req.URL.Host),
-			zap.Strings("expected_pins", mismatch.Expected),
-			zap.String("seen_pin", mismatch.Seen),
-			zap.String("subject", mismatch.Subject),
-			zap.String("tls_version", tls.VersionName(mismatch.Version)))
 	}
 	return resp, err
 }

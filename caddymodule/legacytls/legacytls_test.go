@@ -52,6 +52,9 @@ func TestLegacyTLSProvisionErrorsNameTheField(t *testing.T) {
 		{"except ports", LegacyTLS{Pins: []string{testPin}, HTTPTransport: reverseproxy.HTTPTransport{TLS: &reverseproxy.TLSConfig{ExceptPorts: []string{"8014"}}}}, "tls_except_ports"},
 		{"unknown cipher suite", LegacyTLS{Pins: []string{testPin}, CipherSuites: []string{"TLS_RSA_WITH_IDEA_CBC_SHA"}}, "cipher_suites"},
 		{"TLS 1.3 cipher suite", LegacyTLS{Pins: []string{testPin}, CipherSuites: []string{"TLS_AES_128_GCM_SHA256"}}, "cipher_suites"},
+		{"negative max_conns", LegacyTLS{Pins: []string{testPin}, MaxConns: -1}, "legacy_tls: max_conns"},
+		{"negative max_conn_wait", LegacyTLS{Pins: []string{testPin}, MaxConnWait: -1}, "legacy_tls: max_conn_wait"},
+		{"max_conns_per_host beside max_conns", LegacyTLS{Pins: []string{testPin}, MaxConns: 8, HTTPTransport: reverseproxy.HTTPTransport{MaxConnsPerHost: 16}}, "legacy_tls: max_conns_per_host"},
 		{"HTTP/3", LegacyTLS{Pins: []string{testPin}, HTTPTransport: reverseproxy.HTTPTransport{Versions: []string{"3"}}}, "versions"},
 	}
 	for _, tc := range tests {
