@@ -476,7 +476,11 @@ func repeatedSingleton(h http.Header) bool {
 // validHost reports whether the Host field (which the proxy passes on as
 // X-Forwarded-Host) is a name or address with at most a numeric port:
 // Caddy's host matcher ignores what follows the colon, the manager may not.
+// An absent Host (HTTP/1.0 clients) is no ambiguity and passes.
 func validHost(host string) bool {
+	if host == "" {
+		return true
+	}
 	name, port, found := strings.Cut(host, ":")
 	if strings.HasPrefix(host, "[") {
 		end := strings.IndexByte(host, ']')
