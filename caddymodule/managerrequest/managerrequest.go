@@ -23,6 +23,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+	"golang.org/x/net/http/httpguts"
 
 	"github.com/legacygate/legacygate/caddymodule/internal/metrics"
 	"github.com/legacygate/legacygate/internal/canonical"
@@ -112,6 +113,9 @@ const (
 	reasonPathNotAllowed   = "path_not_allowed"
 	reasonMethodNotAllowed = "method_not_allowed"
 	reasonBodyNotAllowed   = "body_not_allowed"
+	reasonUpgrade          = "upgrade"
+	reasonTrailer          = "trailer"
+	reasonBadHost          = "bad_host"
 
 	reasonDuplicateResponseHeader = "duplicate_response_header"
 	reasonManagerErrorBody        = "manager_error_body"
@@ -177,7 +181,8 @@ func (m *ManagerRequest) Provision(ctx caddy.Context) error {
 	m.passed, m.refused = requests.WithLabelValues("passed"), requests.WithLabelValues("refused")
 	m.refusals = map[string]prometheus.Counter{}
 	for _, reason := range append(slices.Clone(canonical.Reasons),
-		reasonHeaderTooLarge, reasonDuplicateHeader, reasonPathNotAllowed, reasonMethodNotAllowed, reasonBodyNotAllowed) {
+		reasonHeaderTooLarge, reasonDuplicateHeader, reasonPathNotAllowed, reasonMethodNotAllowed, reasonBodyNotAllowed,
+		reasonUpgrade, reasonTrailer, reasonBadHost) {
 		m.refusals[reason] = refusals.WithLabelValues(reason)
 	}
 	m.replaced = map[string]prometheus.Counter{
@@ -291,6 +296,22 @@ func (m *ManagerRequest) ServeHTTP(w http.ResponseWriter, r *http.Request, next 
 	if repeatedSingleton(r.Header) {
 		return m.refuse(w, r, http.StatusBadRequest, reasonDuplicateHeader, "")
 	}
+	if !validHost(r.Host) {
+		return m.refuse(w, r, http.StatusBadRequest, reasonBadHost, "")
+	}
+	// An upgrade (h2c, WebSocket) would turn the connection to the manager
+	// into a tunnel that no later request is judged on; the client
+	// protocol never asks for one.
+	if _, ok := r.Header["Upgrade"]; ok || r.Header["Http2-Settings"] != nil ||
+		httpguts.HeaderValuesContainsToken(r.Header["Connection"], "upgrade") {
+		return m.refuse(w, r, http.StatusBadRequest, reasonUpgrade, "")
+	}
+	// Request trailers reach the manager as fields after the body, with
+	// chunked framing the client did not send; the protocol has none.
+	if len(r.Trailer) > 0 || r.Header["Trailer"] != nil {
+		return m.refuse(w, r, http.StatusBadRequest, reasonTrailer, "")
+	}
+	dropUnderscoreNames(r.Header)
 
 	rawPath, rawQuery := r.URL.EscapedPath(), r.URL.RawQuery
 	if r.RequestURI != "" {
@@ -331,6 +352,14 @@ func (m *ManagerRequest) ServeHTTP(w http.ResponseWriter, r *http.Request, next 
 		// Nothing was written (an error for Caddy's error routes, or an
 		// implicit 200): the header map may still carry manager fields.
 		rw.clean(w.Header())
+	}
+	// Trailers the proxy set after the body would be sent once this
+	// returns, past clean: Set-Cookie, Server or Content-Encoding as a
+	// trailer. The client protocol has none.
+	for name := range w.Header() {
+		if strings.HasPrefix(name, http.TrailerPrefix) || rw.trailers[http.CanonicalHeaderKey(name)] {
+			delete(w.Header(), name)
+		}
 	}
 	return err
 }
@@ -442,6 +471,54 @@ func repeatedSingleton(h http.Header) bool {
 		}
 	}
 	return false
+}
+
+// validHost reports whether the Host field (which the proxy passes on as
+// X-Forwarded-Host) is a name or address with at most a numeric port:
+// Caddy's host matcher ignores what follows the colon, the manager may not.
+// An absent Host (HTTP/1.0 clients) is no ambiguity and passes.
+func validHost(host string) bool {
+	if host == "" {
+		return true
+	}
+	name, port, found := strings.Cut(host, ":")
+	if strings.HasPrefix(host, "[") {
+		end := strings.IndexByte(host, ']')
+		if end < 0 {
+			return false
+		}
+		name, port, found = host[:end+1], "", false
+		if rest := host[end+1:]; rest != "" {
+			if rest[0] != ':' {
+				return false
+			}
+			port, found = rest[1:], true
+		}
+	} else if strings.Contains(port, ":") {
+		return false
+	}
+	if name == "" || found && (port == "" || len(port) > 5) {
+		return false
+	}
+	for i := 0; i < len(port); i++ {
+		if port[i] < '0' || port[i] > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// dropUnderscoreNames deletes fields whose name holds '_': IIS and other
+// CGI-style servers read "Content_Type" and "Content-Type" (or
+// "X_Endpoint_Id" and "X-Endpoint-Id") as one variable, so a client could
+// send the manager a second value of a field the gateway judged. Apache 2.4
+// and nginx drop them too.
+func dropUnderscoreNames(h http.Header) {
+	for name := range h {
+		if strings.Contains(name, "_") {
+			delete(h, name)
+		}
+	}
 }
 
 // stripForwarding deletes the forwarding headers a client may not set. A
@@ -615,6 +692,9 @@ type responseWriter struct {
 	r           *http.Request
 	wroteHeader bool
 	discard     bool
+	// trailers are the fields the answer announced as trailers, removed
+	// with the Trailer field itself.
+	trailers map[string]bool
 }
 
 func (rw *responseWriter) WriteHeader(status int) {
@@ -690,9 +770,21 @@ func bodyHeader(name string) bool {
 	return false
 }
 
-// clean drops the headers on the drop list and reduces an absolute
+// clean drops the Trailer announcement (noting its names), the headers on
+// the drop list, and reduces an absolute
 // Location to its path and query.
 func (rw *responseWriter) clean(h http.Header) {
+	if announced, ok := h["Trailer"]; ok {
+		if rw.trailers == nil {
+			rw.trailers = map[string]bool{}
+		}
+		for _, v := range announced {
+			for name := range strings.SplitSeq(v, ",") {
+				rw.trailers[http.CanonicalHeaderKey(strings.TrimSpace(name))] = true
+			}
+		}
+		delete(h, "Trailer")
+	}
 	for name := range h {
 		if onDropList(name) && !rw.kept(name) {
 			delete(h, name)

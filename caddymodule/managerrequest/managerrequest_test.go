@@ -755,3 +755,95 @@ func BenchmarkServeHTTPAllowed(b *testing.B) {
 		_ = m.ServeHTTP(w, r, next)
 	}
 }
+
+func TestServeHTTPRefusesUpgradesTrailersAndJunkHostPorts(t *testing.T) {
+	m := exampleConfig()
+	provision(t, m)
+	tests := []struct {
+		name, reason string
+		set          func(r *http.Request)
+	}{
+		{"h2c upgrade", reasonUpgrade, func(r *http.Request) { r.Header.Set("Upgrade", "h2c") }},
+		{"empty Upgrade", reasonUpgrade, func(r *http.Request) { r.Header["Upgrade"] = []string{""} }},
+		{"HTTP2-Settings alone", reasonUpgrade, func(r *http.Request) { r.Header.Set("Http2-Settings", "AAMAAABk") }},
+		{"Connection: upgrade in a list", reasonUpgrade, func(r *http.Request) { r.Header.Set("Connection", "keep-alive, Upgrade") }},
+		{"declared trailer", reasonTrailer, func(r *http.Request) { r.Header.Set("Trailer", "X-A") }},
+		{"trailer map", reasonTrailer, func(r *http.Request) { r.Trailer = http.Header{"X-A": nil} }},
+		{"port not a number", reasonBadHost, func(r *http.Request) { r.Host = "localhost:evil" }},
+		{"empty port", reasonBadHost, func(r *http.Request) { r.Host = "localhost:" }},
+		{"two colons", reasonBadHost, func(r *http.Request) { r.Host = "localhost:443:1" }},
+		{"long port", reasonBadHost, func(r *http.Request) { r.Host = "localhost:000443" }},
+		{"port alone", reasonBadHost, func(r *http.Request) { r.Host = ":443" }},
+		{"IPv6 without the bracket's end", reasonBadHost, func(r *http.Request) { r.Host = "[::1" }},
+		{"IPv6 with junk after the bracket", reasonBadHost, func(r *http.Request) { r.Host = "[::1]x" }},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := httptest.NewRequest("GET", "/secars/secars.dll", nil)
+			tc.set(r)
+			before := testutil.ToFloat64(m.refusals[tc.reason])
+			w, s := serve(t, m, r, false, nil)
+			if s.called || w.Code != http.StatusBadRequest {
+				t.Errorf("called=%v status %d, want 400", s.called, w.Code)
+			}
+			if got := testutil.ToFloat64(m.refusals[tc.reason]) - before; got != 1 {
+				t.Errorf("refusals{reason=%q} grew by %v, want 1", tc.reason, got)
+			}
+		})
+	}
+	for _, host := range []string{"", "localhost", "localhost:443", "sepm.example.com:8443", "192.0.2.1:443", "[::1]", "[::1]:443"} {
+		t.Run("accepts "+host, func(t *testing.T) {
+			r := httptest.NewRequest("GET", "/secars/secars.dll", nil)
+			r.Host = host
+			if w, s := serve(t, m, r, false, nil); !s.called {
+				t.Errorf("Host %q refused with %d", host, w.Code)
+			}
+		})
+	}
+}
+
+func TestServeHTTPDropsHeaderNamesWithUnderscores(t *testing.T) {
+	m := exampleConfig()
+	provision(t, m)
+	r := httptest.NewRequest("GET", "/secars/secars.dll", nil)
+	r.Header["Content_type"] = []string{"text/xml"}
+	r.Header["X_endpoint_id"] = []string{"other"}
+	r.Header.Set("X-Endpoint-Id", "mine")
+	_, s := serve(t, m, r, false, nil)
+	if !s.called {
+		t.Fatal("next not called")
+	}
+	for name := range s.header {
+		if strings.Contains(name, "_") {
+			t.Errorf("%s reached the next handler", name)
+		}
+	}
+	if s.header.Get("X-Endpoint-Id") != "mine" {
+		t.Errorf("X-Endpoint-Id %q, want the hyphenated field kept", s.header.Get("X-Endpoint-Id"))
+	}
+}
+
+func TestServeHTTPDropsTheManagersTrailers(t *testing.T) {
+	m := exampleConfig()
+	provision(t, m)
+	w, _ := serve(t, m, httptest.NewRequest("GET", "/content/x", nil), false, func(w http.ResponseWriter, r *http.Request) {
+		// As reverse_proxy does: announced before, values after the body,
+		// and unannounced ones with TrailerPrefix.
+		w.Header().Set("Trailer", "Content-Encoding, Set-Cookie")
+		w.WriteHeader(http.StatusOK)
+		_, _ = io.WriteString(w, "PK")
+		w.Header().Set("Content-Encoding", "gzip")
+		w.Header().Set("Set-Cookie", "s=1")
+		w.Header().Set(http.TrailerPrefix+"Server", "IIS")
+	})
+	res := w.Result()
+	_, _ = io.ReadAll(res.Body)
+	if len(res.Trailer) != 0 || res.Header.Get("Trailer") != "" {
+		t.Errorf("trailers reached the client: Trailer %q, %v", res.Header.Get("Trailer"), res.Trailer)
+	}
+	for name := range w.Header() {
+		if strings.HasPrefix(name, http.TrailerPrefix) || name == "Content-Encoding" || name == "Set-Cookie" {
+			t.Errorf("%s left in the answer's header map", name)
+		}
+	}
+}

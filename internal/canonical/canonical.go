@@ -268,13 +268,25 @@ func Query(rawQuery string, decisionKeys []string) (string, error) {
 		}
 		pair := rawQuery[start:end]
 		key, value, _ := strings.Cut(pair, "=")
-		if err := checkComponent(key, start); err != nil {
+		keyHigh, err := checkComponent(key, start)
+		if err != nil {
 			return "", err
 		}
-		if err := checkComponent(value, start+len(key)+1); err != nil {
+		valueHigh, err := checkComponent(value, start+len(key)+1)
+		if err != nil {
 			return "", err
+		}
+		// A manager converting the query to its ANSI code page "best fits"
+		// full-width letters to ASCII (ａction is action): a non-ASCII key
+		// could be a decision key's twin, a non-ASCII decision value the
+		// value the gateway did not decide on.
+		if keyHigh {
+			return "", &Error{Part: "query", Reason: ReasonNonASCII, Offset: start}
 		}
 		if i := decisionKeyIndex(key, decisionKeys); i >= 0 {
+			if valueHigh {
+				return "", &Error{Part: "query", Reason: ReasonNonASCII, Offset: start + len(key) + 1, Key: decisionKeys[i]}
+			}
 			if seen&(1<<i) != 0 {
 				return "", &Error{Part: "query", Reason: ReasonDuplicateKey, Offset: start, Key: decisionKeys[i]}
 			}
@@ -315,34 +327,35 @@ func Query(rawQuery string, decisionKeys []string) (string, error) {
 }
 
 // checkComponent checks one raw query key or value; offset is its position
-// in the query, for the error.
-func checkComponent(raw string, offset int) error {
+// in the query, for the error. It reports whether raw holds a non-ASCII
+// byte, raw or escaped.
+func checkComponent(raw string, offset int) (bool, error) {
 	high := false
 	for i := 0; i < len(raw); i++ {
 		c := raw[i]
 		switch {
 		case c == ';':
-			return &Error{Part: "query", Reason: ReasonSemicolon, Offset: offset + i}
+			return false, &Error{Part: "query", Reason: ReasonSemicolon, Offset: offset + i}
 		case c == '#':
-			return &Error{Part: "query", Reason: ReasonReservedCharacter, Offset: offset + i}
+			return false, &Error{Part: "query", Reason: ReasonReservedCharacter, Offset: offset + i}
 		case c == '%':
 			if i+2 >= len(raw) || !isHex(raw[i+1]) || !isHex(raw[i+2]) {
-				return &Error{Part: "query", Reason: ReasonBadEscape, Offset: offset + i}
+				return false, &Error{Part: "query", Reason: ReasonBadEscape, Offset: offset + i}
 			}
 			c = unhex(raw[i+1])<<4 | unhex(raw[i+2])
 			i += 2
 		}
 		switch {
 		case c < 0x20 || c == 0x7f:
-			return &Error{Part: "query", Reason: ReasonNulOrControl, Offset: offset + i}
+			return false, &Error{Part: "query", Reason: ReasonNulOrControl, Offset: offset + i}
 		case c >= 0x80:
 			high = true
 		}
 	}
 	if high && !validEscapedUTF8(raw) {
-		return &Error{Part: "query", Reason: ReasonInvalidUTF8, Offset: offset}
+		return false, &Error{Part: "query", Reason: ReasonInvalidUTF8, Offset: offset}
 	}
-	return nil
+	return high, nil
 }
 
 // validEscapedUTF8 reports whether raw, whose escapes are known to be well

@@ -138,6 +138,12 @@ var queryRefusals = []struct {
 	{"truncated rune", "hostid=%e2%82", ReasonInvalidUTF8},
 	{"surrogate", "hostid=%ed%a0%80", ReasonInvalidUTF8},
 	{"raw hash", "action=index#log", ReasonReservedCharacter},
+	// A Windows manager "best fits" full-width letters to ASCII.
+	{"full-width twin of a decision key", "action=index&%ef%bd%81ction=log", ReasonNonASCII},
+	{"raw full-width twin of a decision key", "action=index&\xef\xbd\x81ction=log", ReasonNonASCII},
+	{"non-ASCII key no decision reads", "n%c3%a4me=x", ReasonNonASCII},
+	{"full-width letter in a decision value", "action=%ef%bd%89ndex", ReasonNonASCII},
+	{"non-ASCII host id", "hostid=0A1B%ef%bc%a3", ReasonNonASCII},
 }
 
 func TestQueryRefusesAmbiguousQueriesWithTheirReason(t *testing.T) {

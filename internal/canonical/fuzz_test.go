@@ -87,6 +87,9 @@ func FuzzQuery(f *testing.F) {
 			if err != nil {
 				t.Fatalf("Query(%q) = %q: key %q does not decode: %v", raw, got, ok, err)
 			}
+			if strings.ContainsFunc(key, func(r rune) bool { return r >= 0x80 }) {
+				t.Fatalf("Query(%q) = %q accepted the non-ASCII key %q", raw, got, key)
+			}
 			for _, k := range decisionKeys {
 				if EqualFoldASCII(key, k) {
 					if key != k || ok != k {

@@ -36,8 +36,9 @@ var ErrEscape = errors.New("malformed escape")
 
 // ErrAmbiguousKey reports a key that is not the key looked up here but that
 // another reader may take for it: equal under Unicode case mapping (hostıd
-// is HOSTID to .NET's case-insensitive comparison) or up to a NUL byte
-// (hostid%00x is hostid to a C string comparison).
+// is HOSTID to .NET's case-insensitive comparison), up to a NUL byte
+// (hostid%00x is hostid to a C string comparison) or after Windows' "best
+// fit" of full-width letters (ａction is action).
 var ErrAmbiguousKey = errors.New("key another reader may take for the one looked up")
 
 // Values appends to dst the decoded values of key in raw, in order, and
@@ -148,7 +149,19 @@ func ambiguous(k, key string) bool {
 	if before, _, ok := strings.Cut(k, "\x00"); ok && EqualFold(before, key) {
 		return true
 	}
-	return unicodeFold(k, key)
+	return unicodeFold(k, key) || EqualFold(bestFit(k), key)
+}
+
+// bestFit maps the full-width forms U+FF01..U+FF5E to the ASCII they stand
+// for, as a Windows manager converting the query to its ANSI code page
+// does ("ａction" is "action" to it). Only called on non-ASCII keys.
+func bestFit(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r >= 0xff01 && r <= 0xff5e {
+			return r - 0xff01 + '!'
+		}
+		return r
+	}, s)
 }
 
 // unicodeFold reports whether a or b holds non-ASCII and they are equal

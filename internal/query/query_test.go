@@ -38,6 +38,8 @@ func TestValuesSeesEveryValueOfAKey(t *testing.T) {
 		{"dotless i", "host%C4%B1d=x", "hostid", nil, ErrAmbiguousKey},
 		{"Kelvin sign folds to k", "%E2%84%AAey=x", "key", nil, ErrAmbiguousKey},
 		{"NUL cuts the key for C readers", "hostid%00junk=x", "hostid", nil, ErrAmbiguousKey},
+		{"full-width letter best-fits to ASCII", "%EF%BD%81ction=log", "action", nil, ErrAmbiguousKey},
+		{"full-width upper-case key", "%EF%BC%A1CTION=log", "action", nil, ErrAmbiguousKey},
 		{"other non-ASCII keys are just other keys", "h%C3%B6stid=x&hostid=y", "hostid", []string{"y"}, nil},
 	}
 	for _, tt := range tests {
