@@ -582,11 +582,15 @@ func TestDecisionKeysHaveOneValueAndOneSpelling(t *testing.T) {
 		// The example allows a burst of 3 heartbeats per host id.
 		ids := []string{"aaaabbbbccccddddeeeeffff00001111", "AAAABBBBCCCCDDDDEEEEFFFF00001111", "AaAaBbBbCcCcDdDdEeEeFfFf00001111", "aAaAbBbBcCcCdDdDeEeEfFfF00001111"}
 		var codes []int
+		var bodies []string
 		for _, id := range ids {
-			codes = append(codes, s.rawRequest(t, secGET(agent+"?action=index&hostid="+id)).status)
+			r := s.rawRequest(t, secGET(agent+"?action=index&hostid="+id))
+			codes = append(codes, r.status)
+			bodies = append(bodies, fmt.Sprintf("%d %q", r.status, r.body))
 		}
 		if want := []int{200, 200, 200, 503}; !slices.Equal(codes, want) {
-			t.Fatalf("4 heartbeats under one host id in 4 spellings: %v, want %v (one bucket, burst 3)", codes, want)
+			t.Fatalf("4 heartbeats under one host id in 4 spellings: %v, want %v (one bucket, burst 3); answers: %s",
+				codes, want, strings.Join(bodies, "; "))
 		}
 	})
 }
