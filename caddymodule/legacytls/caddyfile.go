@@ -1,12 +1,33 @@
 package legacytls
 
 import (
+	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+
+	"github.com/legacygate/legacygate/caddymodule/internal/caddyarg"
+)
+
+// ownSubdirectives are legacy_tls's own; httpSubdirectives those of Caddy
+// v2.11.9's http transport it hands on (less the deprecated ones). Together they are what an unknown
+// subdirective's "did you mean" is chosen from; the http transport's parser
+// still decides what it accepts.
+var (
+	ownSubdirectives  = []string{"pin", "min_version", "max_version", "cipher_suites", "max_conns", "max_conn_wait"}
+	httpSubdirectives = []string{
+		"read_buffer", "write_buffer", "read_timeout", "write_timeout", "max_response_header",
+		"proxy_protocol", "network_proxy", "dial_timeout", "dial_fallback_delay",
+		"response_header_timeout", "expect_continue_timeout", "resolvers", "tls", "tls_client_auth",
+		"tls_insecure_skip_verify", "tls_curves", "tls_timeout", "tls_server_name",
+		"tls_renegotiation", "tls_except_ports", "keepalive", "keepalive_interval", "keepalive_idle_conns",
+		"keepalive_idle_conns_per_host", "versions", "compression", "max_conns_per_host", "tls_trust_pool",
+		"local_address",
+	}
 )
 
 // UnmarshalCaddyfile sets up the transport from Caddyfile tokens. Syntax:
@@ -23,8 +44,16 @@ import (
 //
 // `pin` may be repeated. Every other subdirective (dial_timeout, keepalive,
 // tls_server_name, tls_trust_pool, read_buffer, …) is handed to the http
-// transport's parser.
+// transport's parser. Every error names legacy_tls, since reverse_proxy
+// reports it as its own; an unknown subdirective gets the nearest known one.
 func (l *LegacyTLS) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	if err := l.unmarshal(d); err != nil {
+		return fmt.Errorf("legacy_tls: %w", err)
+	}
+	return nil
+}
+
+func (l *LegacyTLS) unmarshal(d *caddyfile.Dispenser) error {
 	d.Next() // the transport name
 	name := d.Token()
 	for d.NextBlock(0) {
@@ -59,7 +88,14 @@ func (l *LegacyTLS) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 		default:
+			field := d.Val()
 			if err := l.unmarshalHTTPOption(name, d.NextSegment()); err != nil {
+				// The http transport's parser is the judge of what it knows;
+				// its "unrecognized" error gets a suggestion.
+				if strings.Contains(err.Error(), "unrecognized subdirective") {
+					return d.Errf("unknown subdirective %q (did you mean %q?)", field,
+						caddyarg.Nearest(field, slices.Concat(ownSubdirectives, httpSubdirectives)))
+				}
 				return err
 			}
 		}

@@ -89,7 +89,13 @@ func TestLegacyTLSUnmarshalCaddyfileErrors(t *testing.T) {
 		{"unknown version", "legacy_tls {\n min_version sslv3\n}", "min_version"},
 		{"two versions", "legacy_tls {\n max_version tls1.2 tls1.3\n}", "argument"},
 		{"no suites", "legacy_tls {\n cipher_suites\n}", "argument"},
-		{"unknown subdirective", "legacy_tls {\n frobnicate\n}", "frobnicate"},
+		{"unknown subdirective", "legacy_tls {\n frobnicate\n}", `legacy_tls: unknown subdirective "frobnicate"`},
+		{"misspelt pin", "legacy_tls {\n pinn sha256/AAAA\n}", `legacy_tls: unknown subdirective "pinn" (did you mean "pin"?), at Testfile:2`},
+		{"misspelt own subdirective", "legacy_tls {\n max_conn_wiat 5s\n}", `(did you mean "max_conn_wait"?)`},
+		{"misspelt http transport subdirective", "legacy_tls {\n dial_timout 5s\n}", `legacy_tls: unknown subdirective "dial_timout" (did you mean "dial_timeout"?)`},
+		{"upper-case pin", "legacy_tls {\n PIN sha256/AAAA\n}", `(did you mean "pin"?)`},
+		{"http transport error names legacy_tls", "legacy_tls {\n dial_timeout soon\n}", "legacy_tls: "},
+		{"own error names legacy_tls", "legacy_tls {\n max_conns 0\n}", "legacy_tls: max_conns"},
 		{"max_conns without argument", "legacy_tls {\n max_conns\n}", "argument"},
 		{"max_conns zero", "legacy_tls {\n max_conns 0\n}", "max_conns"},
 		{"max_conns negative", "legacy_tls {\n max_conns -3\n}", "max_conns"},
@@ -107,5 +113,15 @@ func TestLegacyTLSUnmarshalCaddyfileErrors(t *testing.T) {
 				t.Fatalf("error = %v, want one containing %q", err, tc.want)
 			}
 		})
+	}
+}
+
+func TestLegacyTLSSuggestsOnlySubdirectivesTheHTTPTransportKnows(t *testing.T) {
+	for _, field := range httpSubdirectives {
+		var l LegacyTLS
+		err := l.UnmarshalCaddyfile(caddyfile.NewTestDispenser("legacy_tls {\n " + field + "\n}"))
+		if err != nil && strings.Contains(err.Error(), "unknown subdirective") {
+			t.Errorf("%s: %v; the http transport does not know it, so it must not be suggested", field, err)
+		}
 	}
 }

@@ -7,6 +7,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/dustin/go-humanize"
+
+	"github.com/legacygate/legacygate/caddymodule/internal/caddyarg"
 )
 
 func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
@@ -97,45 +99,13 @@ func (m *ManagerRequest) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			on := args[0] == "on"
 			m.FixedErrorBody = &on
 		default:
-			return d.Errf("manager_request: unknown subdirective %q (did you mean %q?)", field, nearest(field, subdirectives))
+			return d.Errf("manager_request: unknown subdirective %q (did you mean %q?)", field, caddyarg.Nearest(field, subdirectives))
 		}
 		if d.NextBlock(1) {
 			return d.Errf("manager_request: %s takes no block", field)
 		}
 	}
 	return nil
-}
-
-// nearest is the candidate closest to s in edit distance.
-func nearest(s string, candidates []string) string {
-	best, bestDist := "", -1
-	for _, c := range candidates {
-		if d := editDistance(strings.ToLower(s), c); bestDist < 0 || d < bestDist {
-			best, bestDist = c, d
-		}
-	}
-	return best
-}
-
-// editDistance is the Levenshtein distance between a and b.
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
 }
 
 // Interface guard.

@@ -121,6 +121,8 @@ type PolicyGuard struct {
 	pinned      []string
 	logger      *zap.Logger
 	results     *prometheus.CounterVec
+
+	unregisterKey func() // takes the own signing_key off the rotation status
 }
 
 // CaddyModule returns the Caddy module information.
@@ -236,6 +238,9 @@ func (g *PolicyGuard) provisionPipeline(cache *prometheus.CounterVec, app *rotat
 		return err
 	}
 	g.heartbeat = signing.observe
+	if signing.own != nil {
+		g.unregisterKey = rotation.RegisterHandlerKey(signing.own)
+	}
 	g.index = newIndexSerial(g.Rewrite, signing)
 	g.pinned = make([]string, len(pinned))
 	for i, c := range pinned {
@@ -668,9 +673,18 @@ func fingerprint(der []byte) string {
 	return hex.EncodeToString(sum[:])
 }
 
+// Cleanup takes the handler's own key off the rotation status.
+func (g *PolicyGuard) Cleanup() error {
+	if g.unregisterKey != nil {
+		g.unregisterKey()
+	}
+	return nil
+}
+
 // Interface guards.
 var (
 	_ caddy.Provisioner           = (*PolicyGuard)(nil)
+	_ caddy.CleanerUpper          = (*PolicyGuard)(nil)
 	_ caddy.Validator             = (*PolicyGuard)(nil)
 	_ caddyhttp.MiddlewareHandler = (*PolicyGuard)(nil)
 )

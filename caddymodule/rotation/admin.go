@@ -1,17 +1,23 @@
 package rotation
 
 import (
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/legacygate/legacygate/internal/query"
 	"github.com/legacygate/legacygate/internal/rotationtable"
+	"github.com/legacygate/legacygate/policyguard"
 )
 
 func init() {
@@ -29,7 +35,8 @@ const (
 //
 //	GET /legacygate/rotation[?page=N&size=M]
 //
-// It reports on the running legacygate app.
+// It reports on the running legacygate app or, without one, on the signing
+// keys of the running policy_guard handlers.
 type AdminAPI struct{}
 
 // CaddyModule returns the Caddy module information.
@@ -48,16 +55,90 @@ func (AdminAPI) Routes() []caddy.AdminRoute {
 // RotationStatus is the JSON of GET /legacygate/rotation.
 type RotationStatus struct {
 	Now               time.Time                     `json:"now"`
+	App               bool                          `json:"app"`      // false: no legacygate global option
 	Rotation          bool                          `json:"rotation"` // false: no rotation configured
 	Window            *rotationtable.Window         `json:"window,omitempty"`
 	Grace             string                        `json:"grace,omitempty"`
 	GraceEnds         *time.Time                    `json:"grace_ends,omitempty"`
 	ConfirmHeartbeats uint32                        `json:"confirm_heartbeats,omitempty"`
 	Keys              map[string]string             `json:"keys"` // role → key id
+	SigningKeys       []SigningKeyInfo              `json:"signing_keys"`
 	Counts            *rotationtable.RotationCounts `json:"counts,omitempty"`
 	ConfirmedPercent  float64                       `json:"confirmed_percent"`
-	PlaintextClients  int                           `json:"plaintext_clients"`
-	Stragglers        *StragglerPage                `json:"stragglers,omitempty"`
+	// PlaintextClients is null when nothing tracks clients: the app counts
+	// them only during a rotation.
+	PlaintextClients *int           `json:"plaintext_clients"`
+	Stragglers       *StragglerPage `json:"stragglers,omitempty"`
+}
+
+// SigningKeyInfo describes a signing key as an operator checks it against
+// the files and the clients' trust: role is "current" or "next" for the
+// app's keys, "policy_guard" for a handler's own signing_key.
+type SigningKeyInfo struct {
+	Role        string    `json:"role"`
+	KeyID       string    `json:"key_id"`
+	Subject     string    `json:"subject"`
+	NotAfter    time.Time `json:"not_after"`
+	Pin         string    `json:"pin"`         // sha256/<base64 of the SPKI's SHA-256>
+	Fingerprint string    `json:"fingerprint"` // hex SHA-256 of the certificate
+}
+
+func keyInfo(role string, s *policyguard.Signer) SigningKeyInfo {
+	c := s.Cert()
+	return SigningKeyInfo{Role: role, KeyID: s.KeyID(), Subject: c.Subject.String(), NotAfter: c.NotAfter.UTC(), Pin: pinOf(c), Fingerprint: policyguard.Fingerprint(c)}
+}
+
+func pinOf(c *x509.Certificate) string {
+	sum := sha256.Sum256(c.RawSubjectPublicKeyInfo)
+	return "sha256/" + base64.StdEncoding.EncodeToString(sum[:])
+}
+
+// handlerKeys are the signing keys of provisioned policy_guard handlers
+// that sign with their own signing_key, counted by key id: one entry per
+// distinct key, whatever the number of handlers and reloads.
+var handlerKeys = struct {
+	sync.Mutex
+	keys map[string]*handlerKey
+}{keys: map[string]*handlerKey{}}
+
+type handlerKey struct {
+	signer *policyguard.Signer
+	users  int
+}
+
+// RegisterHandlerKey lists s in the status a gateway without the legacygate
+// app reports. Call the returned function from the handler's Cleanup.
+func RegisterHandlerKey(s *policyguard.Signer) (unregister func()) {
+	handlerKeys.Lock()
+	defer handlerKeys.Unlock()
+	k := handlerKeys.keys[s.KeyID()]
+	if k == nil {
+		k = &handlerKey{signer: s}
+		handlerKeys.keys[s.KeyID()] = k
+	}
+	k.users++
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			handlerKeys.Lock()
+			defer handlerKeys.Unlock()
+			if k.users--; k.users == 0 {
+				delete(handlerKeys.keys, s.KeyID())
+			}
+		})
+	}
+}
+
+// handlerKeyInfos are the registered handler keys, ordered by key id.
+func handlerKeyInfos() []SigningKeyInfo {
+	handlerKeys.Lock()
+	defer handlerKeys.Unlock()
+	out := make([]SigningKeyInfo, 0, len(handlerKeys.keys))
+	for _, k := range handlerKeys.keys {
+		out = append(out, keyInfo("policy_guard", k.signer))
+	}
+	slices.SortFunc(out, func(a, b SigningKeyInfo) int { return strings.Compare(a.KeyID, b.KeyID) })
+	return out
 }
 
 // StragglerPage is one page of unconfirmed clients, longest silent first.
@@ -76,13 +157,14 @@ func serveRotationStatus(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: err}
 	}
-	a := activeApp.Load()
-	if a == nil {
-		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: errors.New("the legacygate app is not running: configure the legacygate global option")}
+	st := RotationStatus{Now: time.Now().UTC(), Keys: map[string]string{}}
+	if a := activeApp.Load(); a != nil {
+		st = a.status(page, size)
 	}
+	st.SigningKeys = append(st.SigningKeys, handlerKeyInfos()...)
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
-	return json.NewEncoder(w).Encode(a.status(page, size))
+	return json.NewEncoder(w).Encode(st)
 }
 
 // pageArgs reads ?page= (from 1) and ?size= (1 to 1000, default 50), each
@@ -112,7 +194,15 @@ func pageArgs(r *http.Request) (page, size int, err error) {
 // status is the operator's view of the rotation.
 func (a *App) status(page, size int) RotationStatus {
 	now := a.now().UTC()
-	st := RotationStatus{Now: now, Keys: map[string]string{roleCurrent: a.current.KeyID()}}
+	st := RotationStatus{
+		Now:         now,
+		App:         true,
+		Keys:        map[string]string{roleCurrent: a.current.KeyID()},
+		SigningKeys: []SigningKeyInfo{keyInfo(roleCurrent, a.current)},
+	}
+	if a.next != nil {
+		st.SigningKeys = append(st.SigningKeys, keyInfo(roleNext, a.next))
+	}
 	if a.table == nil {
 		return st
 	}
@@ -128,7 +218,7 @@ func (a *App) status(page, size int) RotationStatus {
 	st.Keys[roleNext] = a.next.KeyID()
 	st.Counts = &c
 	st.ConfirmedPercent = confirmedRatio(c) * 100
-	st.PlaintextClients = c.Plaintext
+	st.PlaintextClients = &c.Plaintext
 	st.Stragglers = &StragglerPage{Page: page, Size: size, Total: total, Clients: list}
 	return st
 }

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -53,8 +54,8 @@ func TestAdminRotationReportsWindowCountsAndStragglers(t *testing.T) {
 	if st.Counts.Phase != "open" || st.Counts.Tracked != 6 || st.Counts.Confirmed != 1 || st.Counts.Pending != 5 {
 		t.Errorf("counts %+v, want phase open, 6 tracked, 1 confirmed, 5 pending", st.Counts)
 	}
-	if st.PlaintextClients != 2 {
-		t.Errorf("plaintext_clients %d, want 2", st.PlaintextClients)
+	if st.PlaintextClients == nil || *st.PlaintextClients != 2 {
+		t.Errorf("plaintext_clients %v, want 2", st.PlaintextClients)
 	}
 	if want := 100.0 / 6; st.ConfirmedPercent < want-0.001 || st.ConfirmedPercent > want+0.001 {
 		t.Errorf("confirmed_percent %v, want %v", st.ConfirmedPercent, want)
@@ -109,7 +110,57 @@ func TestAdminRotationWithoutRotationSaysSo(t *testing.T) {
 	if err := json.Unmarshal(w.Body.Bytes(), &st); err != nil {
 		t.Fatal(err)
 	}
-	if st.Rotation || st.Counts != nil || st.Keys["current"] != k.current.KeyID() {
+	if !st.App || st.Rotation || st.Counts != nil || st.PlaintextClients != nil || st.Keys["current"] != k.current.KeyID() {
 		t.Fatalf("status without a rotation: %s", w.Body)
+	}
+	if len(st.SigningKeys) != 1 || st.SigningKeys[0] != keyInfo("current", k.current) {
+		t.Fatalf("signing_keys %+v, want the current key only", st.SigningKeys)
+	}
+	c := k.current.Cert()
+	if got := st.SigningKeys[0]; got.Subject != c.Subject.String() || !strings.HasPrefix(got.Pin, "sha256/") || len(got.Fingerprint) != 64 {
+		t.Errorf("current key %+v lacks the certificate's subject, pin or fingerprint", got)
+	}
+}
+
+func TestAdminRotationWithoutTheAppReportsHandlerKeys(t *testing.T) {
+	k := testRotationKeys(t)
+	if activeApp.Load() != nil {
+		t.Fatal("an app is still running from another test")
+	}
+	unregister := RegisterHandlerKey(k.current)
+	unregisterAgain := RegisterHandlerKey(k.current) // a second handler, or the next config during a reload
+	unregisterNext := RegisterHandlerKey(k.next)
+	t.Cleanup(func() { unregister(); unregisterAgain(); unregisterNext() })
+
+	status := func() RotationStatus {
+		t.Helper()
+		w, err := getRotation(t, "/legacygate/rotation")
+		if err != nil {
+			t.Fatalf("without the app: %v, want 200", err)
+		}
+		var st RotationStatus
+		if err := json.Unmarshal(w.Body.Bytes(), &st); err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	st := status()
+	if st.App || st.Rotation || st.PlaintextClients != nil || len(st.SigningKeys) != 2 {
+		t.Fatalf("status without the app: %+v, want no app, no rotation, two distinct keys", st)
+	}
+	for _, ki := range st.SigningKeys {
+		if ki.Role != "policy_guard" || (ki.KeyID != k.current.KeyID() && ki.KeyID != k.next.KeyID()) {
+			t.Errorf("key %+v", ki)
+		}
+	}
+	unregister()
+	unregister() // idempotent: must not drop the other handler's registration
+	unregisterNext()
+	if st := status(); len(st.SigningKeys) != 1 || st.SigningKeys[0].KeyID != k.current.KeyID() {
+		t.Fatalf("after two of three cleanups: %+v, want the current key still listed", st.SigningKeys)
+	}
+	unregisterAgain()
+	if st := status(); len(st.SigningKeys) != 0 {
+		t.Fatalf("after every cleanup: %+v, want no keys", st.SigningKeys)
 	}
 }

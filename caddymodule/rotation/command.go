@@ -24,12 +24,15 @@ func init() {
 status asks a running gateway's admin endpoint (GET /legacygate/rotation)
 for the rotation's progress and prints the window, the clients by state, a
 progress bar of confirmed clients, the clients still on plaintext, and a page
-of stragglers (unconfirmed clients, longest silent first).
+of stragglers (unconfirmed clients, longest silent first), then the
+signing keys (subject, expiry, pin, fingerprint). Without a rotation window,
+or without the legacygate global option, it prints "no rotation configured",
+the signing keys and the plaintext clients (when counted) and exits 0.
 
 --address is the admin endpoint (default localhost:2019); --json prints the
 admin API's JSON as it came; --page and --size choose the stragglers' page
 (size 1 to 1000, default 50). Exits 1 with the reason when the gateway
-cannot be asked or runs no legacygate app.`,
+cannot be asked.`,
 		CobraFunc: func(cmd *cobra.Command) {
 			cmd.AddCommand(rotationStatusCommand())
 		},
@@ -104,7 +107,7 @@ const progressBarWidth = 40
 func formatRotationStatus(out io.Writer, st RotationStatus) error {
 	var b bytes.Buffer
 	if !st.Rotation {
-		fmt.Fprintf(&b, "No rotation configured: every payload is signed with the current key (%s).\n", st.Keys[roleCurrent])
+		formatNoRotation(&b, st)
 		_, err := out.Write(b.Bytes())
 		return err
 	}
@@ -129,8 +132,39 @@ func formatRotationStatus(out io.Writer, st RotationStatus) error {
 		return err
 	}
 	formatStragglers(&b, st.Stragglers)
+	formatKeys(&b, st.SigningKeys)
 	_, err := out.Write(b.Bytes())
 	return err
+}
+
+// formatNoRotation says which keys sign and that nothing rotates.
+func formatNoRotation(b *bytes.Buffer, st RotationStatus) {
+	switch {
+	case st.App:
+		b.WriteString("no rotation configured: every payload is signed with the legacygate app's current key\n")
+	default:
+		b.WriteString("no rotation configured: no legacygate global option; each policy_guard signs with its own signing_key\n")
+	}
+	if st.PlaintextClients != nil {
+		fmt.Fprintf(b, "Plaintext clients  %d\n", *st.PlaintextClients)
+	} else {
+		b.WriteString("Plaintext clients  not tracked (the legacygate app counts them during a rotation window)\n")
+	}
+	formatKeys(b, st.SigningKeys)
+}
+
+// formatKeys lists the signing keys with what an operator compares them
+// with: the certificate's subject and expiry, its pin and fingerprint.
+func formatKeys(b *bytes.Buffer, keys []SigningKeyInfo) {
+	if len(keys) == 0 {
+		b.WriteString("\nSigning keys: none reported.\n")
+		return
+	}
+	b.WriteString("\nSigning keys:\n")
+	for _, k := range keys {
+		fmt.Fprintf(b, "  %-12s key id %s, subject %q, expires %s\n", k.Role, k.KeyID, printable(k.Subject), k.NotAfter.Format(time.RFC3339))
+		fmt.Fprintf(b, "  %-12s pin %s, sha256 fingerprint %s\n", "", k.Pin, k.Fingerprint)
+	}
 }
 
 func formatStragglers(b *bytes.Buffer, s *StragglerPage) {

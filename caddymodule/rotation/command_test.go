@@ -20,7 +20,7 @@ func TestRotationStatusTableShowsProgressAndStragglers(t *testing.T) {
 		Keys:              map[string]string{"current": "aaaa", "next": "bbbb"},
 		Counts:            &rotationtable.RotationCounts{Phase: "open", Tracked: 4, Pending: 2, AnchorFetched: 1, Confirmed: 1, Plaintext: 2},
 		ConfirmedPercent:  25,
-		PlaintextClients:  2,
+		PlaintextClients:  new(2),
 		Stragglers: &StragglerPage{Page: 1, Size: 2, Total: 3, Clients: []rotationtable.Straggler{
 			{Client: "pc-\x1b[31mred", Progress: rotationtable.ProgressPending, ClientState: rotationtable.ClientState{LastSeen: inWindow}},
 			{Client: "pc-2", Progress: rotationtable.ProgressAnchorFetched, ClientState: rotationtable.ClientState{LastSeen: inWindow, AnchorFetched: inWindow, HeartbeatsSince: 2, SeenPlaintext: true}},
@@ -48,13 +48,42 @@ func TestRotationStatusTableShowsProgressAndStragglers(t *testing.T) {
 	}
 }
 
-func TestRotationStatusWithoutRotation(t *testing.T) {
-	var out bytes.Buffer
-	if err := formatRotationStatus(&out, RotationStatus{Keys: map[string]string{"current": "aaaa"}}); err != nil {
-		t.Fatal(err)
+func TestRotationStatusWithoutRotationPrintsKeysAndPlaintext(t *testing.T) {
+	notAfter := time.Date(2036, 1, 2, 3, 4, 5, 0, time.UTC)
+	key := SigningKeyInfo{Role: "current", KeyID: "aaaa", Subject: "CN=gateway\x1b[2J", NotAfter: notAfter, Pin: "sha256/PIN=", Fingerprint: "ff00"}
+	tests := []struct {
+		name string
+		st   RotationStatus
+		want []string
+	}{
+		{"app without a window", RotationStatus{App: true, Keys: map[string]string{"current": "aaaa"}, SigningKeys: []SigningKeyInfo{key}}, []string{
+			"no rotation configured: every payload is signed with the legacygate app's current key",
+			"Plaintext clients  not tracked",
+			`current      key id aaaa, subject "CN=gateway?[2J", expires 2036-01-02T03:04:05Z`,
+			"pin sha256/PIN=, sha256 fingerprint ff00",
+		}},
+		{"no app, a policy_guard key", RotationStatus{Keys: map[string]string{}, SigningKeys: []SigningKeyInfo{{Role: "policy_guard", KeyID: "bbbb", Pin: "sha256/B="}}}, []string{
+			"no rotation configured: no legacygate global option",
+			"policy_guard key id bbbb",
+			"pin sha256/B=",
+		}},
+		{"plaintext counted", RotationStatus{App: true, PlaintextClients: new(3)}, []string{"Plaintext clients  3", "Signing keys: none reported."}},
 	}
-	if !strings.Contains(out.String(), "No rotation configured") {
-		t.Fatalf("output: %s", out.String())
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out bytes.Buffer
+			if err := formatRotationStatus(&out, tt.st); err != nil {
+				t.Fatal(err)
+			}
+			for _, want := range tt.want {
+				if !strings.Contains(out.String(), want) {
+					t.Errorf("output lacks %q:\n%s", want, out.String())
+				}
+			}
+			if strings.Contains(out.String(), "\x1b") {
+				t.Error("a subject's escape sequence reached the terminal")
+			}
+		})
 	}
 }
 

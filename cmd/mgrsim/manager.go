@@ -27,6 +27,7 @@ func managerFlags(args []string, stderr io.Writer) (manager.Config, error) {
 	var (
 		cfg                          manager.Config
 		tlsMin, tlsMax, cert, cipher string
+		regenerate                   bool
 	)
 	fs.StringVar(&cfg.Flavor, "flavor", "sepm", "manager flavor: "+fmt.Sprint(manager.Flavors()))
 	fs.StringVar(&cfg.HTTPSAddr, "https", "127.0.0.1:8443", "HTTPS listener address (empty: none)")
@@ -41,7 +42,8 @@ func managerFlags(args []string, stderr io.Writer) (manager.Config, error) {
 	fs.Int64Var(&cfg.MaxLogBytes, "max-log-bytes", 300<<10, "largest log upload accepted, bytes")
 	fs.IntVar(&cfg.HeartbeatSeconds, "heartbeat", 0, "heartbeat interval written into SyLink (or heartbeat answers), seconds; 0: the flavor's default (sepm 300, checkpoint 60)")
 	fs.StringVar(&cfg.ServerAddress, "server-address", "", "host written into SyLink's server list (default: the listen IP)")
-	fs.StringVar(&cfg.Dir, "dir", "", "directory to write tls.crt, tls.key, signing.crt and pin to, on start and each key change")
+	fs.StringVar(&cfg.Dir, "dir", "", "directory to write tls.crt, tls.key, signing.crt and pin to, on start and each key change; a key pair already there is used again")
+	fs.BoolVar(&regenerate, "regenerate", false, "with --dir: make a new key pair instead of using the one in --dir")
 	fs.StringVar(&cfg.NextDir, "next", "", "directory with next.crt and next.key for import (created if absent)")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
@@ -62,9 +64,22 @@ func managerFlags(args []string, stderr io.Writer) (manager.Config, error) {
 	if cfg.Cert, err = certs.ParseKind(cert); err != nil {
 		return cfg, fmt.Errorf("--cert: %w", err)
 	}
+	if regenerate && cfg.Dir == "" {
+		return cfg, errors.New("--regenerate: only with --dir (without it every start makes a new key)")
+	}
 	if cfg.Dir != "" {
 		if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 			return cfg, fmt.Errorf("--dir: %w", err)
+		}
+		if !regenerate {
+			// A real manager keeps its key across restarts.
+			pair, found, err := manager.LoadDir(cfg.Dir)
+			if err != nil {
+				return cfg, fmt.Errorf("--dir %s: %w (or start with --regenerate to replace them)", cfg.Dir, err)
+			}
+			if found {
+				cfg.Initial = pair
+			}
 		}
 	}
 	return cfg, nil
@@ -80,6 +95,9 @@ func runManager(args []string) int {
 		return 2
 	}
 	cfg.Log = os.Stdout
+	if cfg.Initial != nil {
+		fmt.Printf("key pair: kept from %s (--regenerate makes a new one)\n", cfg.Dir)
+	}
 	m, err := manager.New(cfg)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "mgrsim manager:", err)

@@ -20,6 +20,8 @@ import (
 )
 
 func TestManagerFlags(t *testing.T) {
+	kept := writeManagerDir(t, "")
+	mismatched := writeManagerDir(t, manager.TLSKeyFile).dir
 	tests := []struct {
 		name    string
 		args    []string
@@ -44,6 +46,24 @@ func TestManagerFlags(t *testing.T) {
 		{"bad cert", []string{"--cert", "ecdsa"}, nil, "--cert"},
 		{"bad ciphers", []string{"--ciphers", "TLS_FOO"}, nil, "--ciphers"},
 		{"stray argument", []string{"sepm"}, nil, "unexpected argument"},
+		{"regenerate without dir", []string{"--regenerate"}, nil, "--regenerate: only with --dir"},
+		{"empty dir makes a new key", []string{"--dir", t.TempDir()}, func(t *testing.T, cfg manager.Config) {
+			if cfg.Initial != nil {
+				t.Errorf("empty --dir gave a key pair %s", cfg.Initial.Pin())
+			}
+		}, ""},
+		{"dir with a key reuses it", []string{"--dir", kept.dir}, func(t *testing.T, cfg manager.Config) {
+			if cfg.Initial == nil || cfg.Initial.Pin() != kept.pin {
+				t.Errorf("--dir with a key pair: Initial %v, want the pair with pin %s", cfg.Initial, kept.pin)
+			}
+		}, ""},
+		{"regenerate ignores the key in dir", []string{"--dir", kept.dir, "--regenerate"}, func(t *testing.T, cfg manager.Config) {
+			if cfg.Initial != nil {
+				t.Errorf("--regenerate kept the pair %s", cfg.Initial.Pin())
+			}
+		}, ""},
+		{"dir with a mismatched key", []string{"--dir", mismatched}, nil, "does not match"},
+		{"mismatch suggests regenerate", []string{"--dir", mismatched}, nil, "--regenerate"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -60,6 +80,33 @@ func TestManagerFlags(t *testing.T) {
 			tt.check(t, cfg)
 		})
 	}
+}
+
+type managerDir struct{ dir, pin string }
+
+// writeManagerDir writes a key pair as mgrsim manager --dir leaves it; with
+// replace set, that file is taken from another pair.
+func writeManagerDir(t *testing.T, replace string) managerDir {
+	t.Helper()
+	dir := t.TempDir()
+	p, err := certs.New(certs.Modern, "kept", 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := certs.New(certs.Modern, "other", 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := map[string][]byte{manager.TLSCertFile: p.CertPEM(), manager.TLSKeyFile: p.KeyPEM()}
+	if replace != "" {
+		files[replace] = map[string][]byte{manager.TLSCertFile: other.CertPEM(), manager.TLSKeyFile: other.KeyPEM()}[replace]
+	}
+	for name, data := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return managerDir{dir: dir, pin: p.Pin()}
 }
 
 // TestManagerProcessSignals runs the real binary: it prints its pin, writes
@@ -154,6 +201,46 @@ func TestManagerProcessSignals(t *testing.T) {
 	if err := cmd.Wait(); err != nil {
 		t.Errorf("exit after SIGTERM: %v, want 0", err)
 	}
+
+	// Restarted with the same --dir it keeps its key, as a real manager
+	// does; --regenerate makes a new one.
+	if got := runUntilPin(ctx, t, bin, "--dir", dir); got != nextPin {
+		t.Errorf("restart with --dir: pin %s, want the key left in --dir (%s)", got, nextPin)
+	}
+	if got := runUntilPin(ctx, t, bin, "--dir", dir, "--regenerate"); got == nextPin || readPin(t, dir) != got {
+		t.Errorf("restart with --regenerate: pin %s (file %s), want a new one", got, readPin(t, dir))
+	}
+}
+
+// runUntilPin starts mgrsim manager with args, returns the pin it prints
+// and stops it.
+func runUntilPin(ctx context.Context, t *testing.T, bin string, args ...string) string {
+	t.Helper()
+	cmd := exec.CommandContext(ctx, bin, append([]string{"manager", "--https", "127.0.0.1:0", "--http", ""}, args...)...)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		if err := cmd.Wait(); err != nil {
+			t.Errorf("mgrsim manager %v: exit %v, want 0", args, err)
+		}
+	}()
+	s := bufio.NewScanner(stdout)
+	for s.Scan() {
+		if strings.HasPrefix(s.Text(), "pin ") {
+			pin := strings.Fields(s.Text())[1]
+			go io.Copy(io.Discard, stdout) // keep the pipe drained until exit
+			return pin
+		}
+	}
+	t.Fatalf("mgrsim manager %v exited before printing its pin", args)
+	return ""
 }
 
 func readPin(t *testing.T, dir string) string {

@@ -290,4 +290,15 @@ func TestCaddyfileExampleFrontsAManager(t *testing.T) {
 			}
 		})
 	}
+
+	// The example runs no legacygate app: rotation status still answers.
+	out, errOut, err := harness.Run(t, "rotation", "status", "--address", g.AdminAddr)
+	if err != nil {
+		t.Fatalf("rotation status without the legacygate app: %v\n%s", err, errOut)
+	}
+	for _, want := range []string{"no rotation configured", "Plaintext clients  not tracked", "policy_guard key id ", "pin sha256/"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("rotation status output lacks %q:\n%s", want, out)
+		}
+	}
 }

@@ -1,6 +1,7 @@
 package manager
 
 import (
+	"bytes"
 	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
@@ -78,6 +79,40 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 		return fmt.Errorf("writing %s: %w", path, err)
 	}
 	return nil
+}
+
+// LoadDir reads the key pair a manager left in dir (tls.crt and tls.key),
+// so that a restarted manager keeps its key as a real one does. found is
+// false, with no error, when neither file is there (a first start). It is
+// an error when only one of them is there, when either cannot be read or
+// parsed, when the key does not match the certificate, or when signing.crt
+// is there and is not the same certificate (the manager signs with its TLS
+// key).
+func LoadDir(dir string) (pair *certs.Pair, found bool, err error) {
+	certFile, keyFile := filepath.Join(dir, TLSCertFile), filepath.Join(dir, TLSKeyFile)
+	_, certErr := os.Stat(certFile)
+	_, keyErr := os.Stat(keyFile)
+	switch {
+	case errors.Is(certErr, os.ErrNotExist) && errors.Is(keyErr, os.ErrNotExist):
+		return nil, false, nil
+	case errors.Is(certErr, os.ErrNotExist):
+		return nil, false, fmt.Errorf("%s is there but %s is missing: restore it, or regenerate both", keyFile, certFile)
+	case errors.Is(keyErr, os.ErrNotExist):
+		return nil, false, fmt.Errorf("%s is there but %s is missing: restore it, or regenerate both", certFile, keyFile)
+	}
+	if pair, err = LoadPair(certFile, keyFile); err != nil {
+		return nil, false, err
+	}
+	signing, err := os.ReadFile(filepath.Join(dir, SigningCertFile))
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+	case err != nil:
+		return nil, false, fmt.Errorf("reading signing certificate: %w", err)
+	case !bytes.Equal(bytes.TrimSpace(signing), bytes.TrimSpace(pair.CertPEM())):
+		return nil, false, fmt.Errorf("%s is not the certificate in %s: the manager signs with its TLS key, so they must be the same",
+			filepath.Join(dir, SigningCertFile), certFile)
+	}
+	return pair, true, nil
 }
 
 // LoadOrCreateNext reads the next key pair (next.crt, next.key) from dir. If
