@@ -41,7 +41,8 @@ var (
 // because the manager may have acted on it (a log upload stored twice).
 // GetBody is not set for requests Go would replay after writing them (GET,
 // HEAD, OPTIONS, TRACE, or an Idempotency-Key header) and refuses after the
-// first retry, so a request is sent at most twice.
+// first retry, so a request is sent at most twice. Over HTTP/2 only Go's
+// own retries apply (streams the manager refused or never received).
 func (l *LegacyTLS) retryUnsent(out *http.Request, body *bufferedBody, resp *http.Response, err error) (*http.Response, error) {
 	conns, unsent := body.attempts()
 	if conns > 1 {
