@@ -85,6 +85,7 @@ type LegacyTLS struct {
 	pins       [][sha256.Size]byte
 	logger     *zap.Logger
 	handshakes *prometheus.CounterVec
+	retries    *prometheus.CounterVec
 }
 
 // CaddyModule returns the Caddy module information.
@@ -121,6 +122,9 @@ func (l *LegacyTLS) Provision(ctx caddy.Context) error {
 		return errors.New("legacy_tls: versions: HTTP/3 and h2c are not supported, use 1.1 and/or 2")
 	}
 	if l.handshakes, err = metrics.Register(ctx.GetMetricsRegistry(), legacyTLSHandshakes); err != nil {
+		return fmt.Errorf("legacy_tls: %w", err)
+	}
+	if l.retries, err = metrics.Register(ctx.GetMetricsRegistry(), upstreamRetries); err != nil {
 		return fmt.Errorf("legacy_tls: %w", err)
 	}
 	if err := l.provisionPool(ctx); err != nil {
@@ -220,7 +224,9 @@ func (l *LegacyTLS) verifyPin(cs tls.ConnectionState) error {
 
 // RoundTrip is the http transport's behind the pool (see MaxConns). A
 // small request body of known length leaves with the headers in one write
-// (see coalesceBody). Every failure that reverse_proxy turns into a 502,
+// (see coalesceBody) and is retried once on a new connection when the
+// manager had closed the reused one before any byte of it was written (see
+// retryUnsent); nothing is retried once bytes reached the manager. Every failure that reverse_proxy turns into a 502,
 // 503 or 504 is logged here once, at error level, with its reason, the
 // upstream's address (the handshake itself does not know it) and the path.
 func (l *LegacyTLS) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -253,6 +259,7 @@ func (l *LegacyTLS) roundTrip(req *http.Request) (*http.Response, error) {
 	out, body := l.coalesceBody(req)
 	resp, err := l.HTTPTransport.RoundTrip(out)
 	if body != nil {
+		resp, err = l.retryUnsent(out, body, resp, err)
 		if readErr := body.finish(); readErr != nil {
 			// Whatever the transport did with the empty body (HTTP/2 may
 			// even have completed the stream), the request failed.
@@ -278,6 +285,7 @@ func (l *LegacyTLS) roundTrip(req *http.Request) (*http.Response, error) {
 // cancelled with the read error before anything is sent: over HTTP/1.1 the
 // transport closes the connection without flushing the headers, over
 // HTTP/2 it resets the stream instead of ending it after an empty body.
+// Once buffered, the body can be sent again: see retryUnsent.
 func (l *LegacyTLS) coalesceBody(req *http.Request) (*http.Request, *bufferedBody) {
 	limit := int64(l.WriteBufferSize)
 	if limit <= 0 {
@@ -291,8 +299,13 @@ func (l *LegacyTLS) coalesceBody(req *http.Request) (*http.Request, *bufferedBod
 	ctx, cancel := context.WithCancelCause(req.Context())
 	body := &bufferedBody{src: req.Body, size: int(req.ContentLength), cancel: cancel}
 	body.trace.GotConn = body.gotConn
+	body.trace.WroteHeaders = body.wroteSomething
+	body.trace.WroteRequest = func(httptrace.WroteRequestInfo) { body.wroteSomething() }
 	out := req.WithContext(httptrace.WithClientTrace(ctx, &body.trace))
 	out.Body = io.NopCloser(&body.reader)
+	if !goReplaysAfterWriting(req) {
+		out.GetBody = body.getBody
+	}
 	return out, body
 }
 
@@ -308,15 +321,22 @@ type bufferedBody struct {
 	trace  httptrace.ClientTrace // calls gotConn
 	cancel context.CancelCauseFunc
 
-	mu   sync.Mutex
-	used bool  // read, or given up by finish
-	err  error // why the read failed
+	mu     sync.Mutex
+	used   bool   // read, or given up by finish
+	err    error  // why the read failed
+	data   []byte // the body once read whole
+	conns  int    // connections the request was given, one per attempt
+	reused bool   // the last connection was HTTP/1 and had served a request before
+	wrote  bool   // the transport began writing the request on it
 }
 
-// gotConn reads the body into reader; on error reader stays empty. It
-// reads at most once, and not after finish.
-func (b *bufferedBody) gotConn(httptrace.GotConnInfo) {
+// gotConn reads the body into reader once a connection is ready; on error
+// reader stays empty. It reads at most once, and not after finish, but
+// records every attempt.
+func (b *bufferedBody) gotConn(info httptrace.GotConnInfo) {
 	b.mu.Lock()
+	b.conns++
+	b.reused, b.wrote = info.Reused && !isHTTP2(info.Conn), false
 	if b.used {
 		b.mu.Unlock()
 		return
@@ -333,6 +353,7 @@ func (b *bufferedBody) gotConn(httptrace.GotConnInfo) {
 		b.cancel(err)
 		return
 	}
+	b.data = buf
 	b.reader.Reset(buf)
 }
 
