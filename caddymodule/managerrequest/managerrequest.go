@@ -26,6 +26,7 @@ import (
 	"golang.org/x/net/http/httpguts"
 
 	"github.com/legacygate/legacygate/caddymodule/internal/metrics"
+	"github.com/legacygate/legacygate/caddymodule/internal/response"
 	"github.com/legacygate/legacygate/internal/canonical"
 )
 
@@ -293,7 +294,7 @@ func (m *ManagerRequest) ServeHTTP(w http.ResponseWriter, r *http.Request, next 
 	if limit := m.headerLimit(r); headSize(r, limit) > limit {
 		return m.refuse(w, r, http.StatusRequestHeaderFieldsTooLarge, reasonHeaderTooLarge, "")
 	}
-	if repeatedSingleton(r.Header) {
+	if response.Repeated(r.Header, singletonRequestHeaders) != "" {
 		return m.refuse(w, r, http.StatusBadRequest, reasonDuplicateHeader, "")
 	}
 	if !validHost(r.Host) {
@@ -463,15 +464,6 @@ func headSize(r *http.Request, limit int) int {
 // singletonRequestHeaders may appear once: two values let the gateway and
 // the manager each read a different one.
 var singletonRequestHeaders = []string{"Host", "Content-Length", "Content-Type", "Transfer-Encoding", "Content-Encoding", "Authorization", "Expect"}
-
-func repeatedSingleton(h http.Header) bool {
-	for _, name := range singletonRequestHeaders {
-		if len(h[name]) > 1 {
-			return true
-		}
-	}
-	return false
-}
 
 // validHost reports whether the Host field (which the proxy passes on as
 // X-Forwarded-Host) is a name or address with at most a numeric port:
@@ -711,11 +703,9 @@ func (rw *responseWriter) WriteHeader(status int) {
 		return
 	}
 	rw.wroteHeader = true
-	for _, name := range singletonResponseHeaders {
-		if len(h[name]) > 1 {
-			rw.replace(http.StatusBadGateway, status, reasonDuplicateResponseHeader, name, true)
-			return
-		}
+	if name := response.Repeated(h, singletonResponseHeaders); name != "" {
+		rw.replace(http.StatusBadGateway, status, reasonDuplicateResponseHeader, name, true)
+		return
 	}
 	rw.clean(h)
 	if status >= 500 && rw.m.fixedErrorBody && rw.fromManager(status) {

@@ -70,7 +70,17 @@ func HeaderValues(h http.Header, name string) []string {
 // on more than one line. It runs on every answer in scope and allocates
 // only to report a refusal.
 func RepeatedSingleton(h http.Header) error {
-	for _, name := range SingletonHeaders {
+	if name := Repeated(h, SingletonHeaders[:]); name != "" {
+		return &HeaderError{Name: name, Values: HeaderValues(h, name), What: "repeated, it may appear once"}
+	}
+	return nil
+}
+
+// Repeated returns the first of names that h carries on more than one
+// line, under any spelling of its key, or "" when each appears at most
+// once. It does not allocate.
+func Repeated(h http.Header, names []string) string {
+	for _, name := range names {
 		lines := 0
 		for k, vs := range h {
 			if len(k) == len(name) && strings.EqualFold(k, name) {
@@ -78,10 +88,10 @@ func RepeatedSingleton(h http.Header) error {
 			}
 		}
 		if lines > 1 {
-			return &HeaderError{Name: name, Values: HeaderValues(h, name), What: "repeated, it may appear once"}
+			return name
 		}
 	}
-	return nil
+	return ""
 }
 
 // IdentityEncoded accepts an answer without Content-Encoding or with
