@@ -28,6 +28,7 @@ import (
 	"github.com/legacygate/legacygate/caddymodule/internal/metrics"
 	"github.com/legacygate/legacygate/caddymodule/internal/response"
 	"github.com/legacygate/legacygate/internal/canonical"
+	"github.com/legacygate/legacygate/internal/query"
 )
 
 func init() {
@@ -225,7 +226,7 @@ func (m *ManagerRequest) Validate() error {
 			return fmt.Errorf("manager_request: decision_keys: %q is not a plain query key (letters, digits, '-', '_', '.')", key)
 		}
 		for _, prev := range m.DecisionKeys[:i] {
-			if canonical.EqualFoldASCII(prev, key) {
+			if query.EqualFold(prev, key) {
 				return fmt.Errorf("manager_request: decision_keys: %q is listed twice", key)
 			}
 		}
@@ -531,9 +532,9 @@ func stripForwarding(h http.Header, trusted bool) {
 		}
 		// Only the hyphenated spellings: an underscore variant from a
 		// trusted proxy is still the client's, passed along.
-		if trusted && (canonical.EqualFoldASCII(name, "X-Forwarded-For") ||
-			canonical.EqualFoldASCII(name, "X-Forwarded-Proto") ||
-			canonical.EqualFoldASCII(name, "X-Forwarded-Host")) {
+		if trusted && (query.EqualFold(name, "X-Forwarded-For") ||
+			query.EqualFold(name, "X-Forwarded-Proto") ||
+			query.EqualFold(name, "X-Forwarded-Host")) {
 			continue
 		}
 		delete(h, name)
@@ -568,13 +569,13 @@ func headerNameIs(name, want string, prefix bool) bool {
 // rewritten to its listed spelling.
 func (m *ManagerRequest) match(path string) (*allowEntry, string) {
 	for i := range m.exact {
-		if canonical.EqualFoldASCII(path, m.exact[i].path) {
+		if query.EqualFold(path, m.exact[i].path) {
 			return &m.exact[i], m.exact[i].path
 		}
 	}
 	for i := range m.prefixes {
 		e := &m.prefixes[i]
-		if len(path) > len(e.path) && canonical.HasPrefixFoldASCII(path, e.path) {
+		if len(path) > len(e.path) && query.HasPrefixFold(path, e.path) {
 			if path[:len(e.path)] == e.path {
 				return e, path
 			}
@@ -660,11 +661,11 @@ var dropNames = []string{
 }
 
 func onDropList(name string) bool {
-	if canonical.HasPrefixFoldASCII(name, "X-AspNet") {
+	if query.HasPrefixFold(name, "X-AspNet") {
 		return true
 	}
 	for _, d := range dropNames {
-		if canonical.EqualFoldASCII(name, d) {
+		if query.EqualFold(name, d) {
 			return true
 		}
 	}
@@ -793,7 +794,7 @@ func (rw *responseWriter) clean(h http.Header) {
 
 func (rw *responseWriter) kept(name string) bool {
 	for _, k := range rw.m.KeepHeaders {
-		if canonical.EqualFoldASCII(name, k) {
+		if query.EqualFold(name, k) {
 			return true
 		}
 	}

@@ -428,25 +428,6 @@ func decodedEqualFold(raw, want string) bool {
 	return j == len(want)
 }
 
-// EqualFoldASCII reports whether a and b are equal under ASCII case folding
-// only (strings.EqualFold also folds Unicode, e.g. U+212A KELVIN SIGN to 'k').
-func EqualFoldASCII(a, b string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := 0; i < len(a); i++ {
-		if lower(a[i]) != lower(b[i]) {
-			return false
-		}
-	}
-	return true
-}
-
-// HasPrefixFoldASCII is strings.HasPrefix under ASCII case folding.
-func HasPrefixFoldASCII(s, prefix string) bool {
-	return len(s) >= len(prefix) && EqualFoldASCII(s[:len(prefix)], prefix)
-}
-
 func lower(c byte) byte {
 	if 'A' <= c && c <= 'Z' {
 		return c + ('a' - 'A')

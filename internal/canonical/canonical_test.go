@@ -238,15 +238,3 @@ func TestErrorSaysPartReasonAndWhere(t *testing.T) {
 		t.Errorf("Error() = %q, want %q", got, want)
 	}
 }
-
-func TestFoldHelpersFoldASCIIOnly(t *testing.T) {
-	if !EqualFoldASCII("/SECARS/secars.DLL", "/secars/SECARS.dll") {
-		t.Error("ASCII case variants not equal")
-	}
-	if EqualFoldASCII("\u212a", "k") || EqualFoldASCII("/a\u212a", "/ak") {
-		t.Error("KELVIN SIGN folded to k")
-	}
-	if !HasPrefixFoldASCII("/Content/x", "/content/") || HasPrefixFoldASCII("/cont", "/content/") {
-		t.Error("HasPrefixFoldASCII wrong")
-	}
-}

@@ -5,6 +5,8 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+
+	"github.com/legacygate/legacygate/internal/query"
 )
 
 // FuzzPath checks that Path never panics, refuses only with a known reason,
@@ -91,7 +93,7 @@ func FuzzQuery(f *testing.F) {
 				t.Fatalf("Query(%q) = %q accepted the non-ASCII key %q", raw, got, key)
 			}
 			for _, k := range decisionKeys {
-				if EqualFoldASCII(key, k) {
+				if query.EqualFold(key, k) {
 					if key != k || ok != k {
 						t.Fatalf("Query(%q) = %q: decision key spelled %q", raw, got, ok)
 					}

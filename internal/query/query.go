@@ -139,6 +139,11 @@ func EqualFold(a, b string) bool {
 	return true
 }
 
+// HasPrefixFold is strings.HasPrefix ignoring ASCII case only.
+func HasPrefixFold(s, prefix string) bool {
+	return len(s) >= len(prefix) && EqualFold(s[:len(prefix)], prefix)
+}
+
 // ambiguous reports whether k, which is not key, equals it up to a NUL byte
 // or under Unicode simple folding or upper- or lower-case mapping, as other
 // platforms' comparisons do.

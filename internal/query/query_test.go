@@ -217,3 +217,15 @@ func BenchmarkValues(b *testing.B) {
 		_, _ = Values(buf[:0], raw, "hostid")
 	}
 }
+
+func TestFoldHelpersFoldASCIIOnly(t *testing.T) {
+	if !EqualFold("/SECARS/secars.DLL", "/secars/SECARS.dll") {
+		t.Error("ASCII case variants not equal")
+	}
+	if EqualFold("\u212a", "k") || EqualFold("/a\u212a", "/ak") {
+		t.Error("KELVIN SIGN folded to k")
+	}
+	if !HasPrefixFold("/Content/x", "/content/") || HasPrefixFold("/cont", "/content/") {
+		t.Error("HasPrefixFold wrong")
+	}
+}
