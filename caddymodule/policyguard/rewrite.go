@@ -82,6 +82,10 @@ type guardSigning struct {
 	// transforms by embedded certificate: own (or the app's current), and
 	// the app's next.
 	current, next *rewrite.Transform
+	// keepCurrent and keepNext are the same without drop_http_only, for the
+	// clients plaintext_bridge keeps on plain HTTP (nil: no drop_http_only,
+	// or no legacygate app).
+	keepCurrent, keepNext *rewrite.Transform
 }
 
 // newGuardSigning loads policy_guard's own key, if it has one, and prepares
@@ -102,20 +106,36 @@ func newGuardSigning(keyFile, certFile string, rw *GuardRewrite, app *rotation.A
 	}
 	s.rewriteRoots = rw.roots()
 	var err error
-	if s.own != nil {
-		s.current, err = newRewriteFor(rw.Rules, s.own)
-		return s, err
-	}
-	current, next := app.Signers()
-	if s.current, err = newRewriteFor(rw.Rules, current); err != nil {
+	if s.current, s.next, err = s.transforms(rw.Rules); err != nil {
 		return nil, err
 	}
-	if next != nil {
-		if s.next, err = newRewriteFor(rw.Rules, next); err != nil {
+	if rw.DropHTTPOnly && app != nil {
+		keep := rw.Rules
+		keep.DropHTTPOnly = false
+		if s.keepCurrent, s.keepNext, err = s.transforms(keep); err != nil {
 			return nil, err
 		}
 	}
 	return s, nil
+}
+
+// transforms prepares rules for each certificate the rewrite may embed:
+// the own key's (or the app's current), and the app's next.
+func (s *guardSigning) transforms(rules rewrite.Rules) (current, next *rewrite.Transform, err error) {
+	if s.own != nil {
+		current, err = newRewriteFor(rules, s.own)
+		return current, nil, err
+	}
+	cur, nxt := s.app.Signers()
+	if current, err = newRewriteFor(rules, cur); err != nil {
+		return nil, nil, err
+	}
+	if nxt != nil {
+		if next, err = newRewriteFor(rules, nxt); err != nil {
+			return nil, nil, err
+		}
+	}
+	return current, next, nil
 }
 
 func newRewriteFor(rules rewrite.Rules, s *guardlib.Signer) (*rewrite.Transform, error) {
@@ -150,7 +170,7 @@ func (s *guardSigning) choose(r *http.Request, doc []byte) guardChoice {
 	if s.current == nil || !s.isSettings(doc) {
 		return c
 	}
-	t, next := s.settingsTransform()
+	t, next := s.settingsTransformFor(s.keepCurrent != nil && s.app.Kept(r))
 	c.transform, c.anchorNext = t, next
 	return c
 }
@@ -158,12 +178,24 @@ func (s *guardSigning) choose(r *http.Request, doc []byte) guardChoice {
 // settingsTransform is the rewrite a settings document gets now, and
 // whether it embeds the app's next certificate. Only with a rewrite.
 func (s *guardSigning) settingsTransform() (t *rewrite.Transform, next bool) {
-	if s.own == nil && s.next != nil {
+	return s.settingsTransformFor(false)
+}
+
+// settingsTransformFor is settingsTransform for a client that is kept on
+// plain HTTP or not (kept is true only with keep transforms): a kept client
+// keeps its plain-HTTP server entries, since its agent cannot follow a
+// move to HTTPS.
+func (s *guardSigning) settingsTransformFor(kept bool) (t *rewrite.Transform, next bool) {
+	current, nextT := s.current, s.next
+	if kept {
+		current, nextT = s.keepCurrent, s.keepNext
+	}
+	if s.own == nil && nextT != nil {
 		if _, next := s.app.Anchor(s.app.Now()); next {
-			return s.next, true
+			return nextT, true
 		}
 	}
-	return s.current, false
+	return current, false
 }
 
 func (s *guardSigning) isSettings(doc []byte) bool {

@@ -69,6 +69,19 @@ type RotationStatus struct {
 	// them only during a rotation.
 	PlaintextClients *int           `json:"plaintext_clients"`
 	Stragglers       *StragglerPage `json:"stragglers,omitempty"`
+	// NeedsAgentUpgrade are the clients plaintext_bridge keeps on plain
+	// HTTP (its keep file): agents that speak no TLS 1.2, ordered by id.
+	NeedsAgentUpgrade []KeptClient `json:"needs_agent_upgrade,omitempty"`
+}
+
+// KeptClient is a client kept on plain HTTP, with its progress when the
+// rotation tracks it.
+type KeptClient struct {
+	Client    string                 `json:"client"`
+	Seen      bool                   `json:"seen"` // tracked by the rotation
+	Progress  rotationtable.Progress `json:"progress,omitempty"`
+	LastSeen  time.Time              `json:"last_seen,omitzero"`
+	Plaintext bool                   `json:"plaintext"` // its latest heartbeat came over plain HTTP
 }
 
 // SigningKeyInfo describes a signing key as an operator checks it against
@@ -157,14 +170,24 @@ func serveRotationStatus(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: err}
 	}
-	st := RotationStatus{Now: time.Now().UTC(), Keys: map[string]string{}}
-	if a := activeApp.Load(); a != nil {
-		st = a.status(page, size)
-	}
-	st.SigningKeys = append(st.SigningKeys, handlerKeyInfos()...)
+	st := Status(activeApp.Load(), page, size)
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	return json.NewEncoder(w).Encode(st)
+}
+
+// Status is the operator's view of the rotation, as GET /legacygate/rotation,
+// `legacygate rotation status` and the legacygate_dashboard page show it:
+// app's window, clients and keys (a nil app: no legacygate global option),
+// with one page of stragglers, plus the keys of the policy_guard handlers
+// that sign with their own signing_key.
+func Status(a *App, page, size int) RotationStatus {
+	st := RotationStatus{Now: time.Now().UTC(), Keys: map[string]string{}}
+	if a != nil {
+		st = a.status(page, size)
+	}
+	st.SigningKeys = append(st.SigningKeys, handlerKeyInfos()...)
+	return st
 }
 
 // pageArgs reads ?page= (from 1) and ?size= (1 to 1000, default 50), each
@@ -199,6 +222,7 @@ func (a *App) status(page, size int) RotationStatus {
 		App:         true,
 		Keys:        map[string]string{roleCurrent: a.current.KeyID()},
 		SigningKeys: []SigningKeyInfo{keyInfo(roleCurrent, a.current)},
+		NeedsAgentUpgrade: a.keptClients(),
 	}
 	if a.next != nil {
 		st.SigningKeys = append(st.SigningKeys, keyInfo(roleNext, a.next))

@@ -113,6 +113,7 @@ type App struct {
 	logger        *zap.Logger
 	now           func() time.Time
 	gauges        rotationGauges
+	keep          *keepLists // set by Provision; plaintext_bridge adds to it
 
 	stop chan struct{}
 	done chan struct{}
@@ -187,6 +188,7 @@ func (App) CaddyModule() caddy.ModuleInfo {
 // from storage and registers the gauges. Caddy calls Validate after it.
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
+	a.keep = new(keepLists)
 	if a.now == nil {
 		a.now = time.Now
 	}

@@ -78,6 +78,16 @@ type PlaintextBridge struct {
 	// MaxBody is the largest request body passed on, in bytes. Default 64 KiB.
 	MaxBody int64 `json:"max_body,omitempty"`
 
+	// KeepFile names a file of client ids kept on plain HTTP: agents that
+	// speak no TLS 1.2 (XP-era, TLS 1.0 only), which the front never
+	// serves. Their requests for the allow paths pass outside the window
+	// too (reason kept), policy_guard's rewrite leaves the plain-HTTP
+	// server entries in their settings, their payloads are signed as
+	// everyone's, and the rotation status lists them as needing an agent
+	// upgrade. One id per line, # comments; at most 10,000 ids and 1 MiB.
+	// Read at every provision, so a reload picks up changes.
+	KeepFile string `json:"keep_file,omitempty"`
+
 	app       *App
 	keys      []string // the query parameters decided on
 	allow     []requestMatcher
@@ -85,6 +95,7 @@ type PlaintextBridge struct {
 	uploads   []requestMatcher
 	logger    *zap.Logger
 	results   *prometheus.CounterVec
+	unkeep    func()
 }
 
 // CaddyModule returns the Caddy module information.
@@ -104,6 +115,7 @@ const (
 	bridgeLogUpload      = "log_upload"
 	bridgeBodyTooLarge   = "body_too_large"
 	bridgeOutsideWindow  = "outside_window"
+	bridgeKept           = "kept"
 )
 
 var plaintextBridgeResults = prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -150,9 +162,28 @@ func (b *PlaintextBridge) provision(ctx caddy.Context, app *App) error {
 	for _, k := range app.decisionKeys() {
 		b.keys = appendKey(b.keys, k)
 	}
+	if b.KeepFile != "" {
+		ids, err := readKeepFile(b.KeepFile)
+		if err != nil {
+			return fmt.Errorf("plaintext_bridge: keep: %w", err)
+		}
+		if app.keep == nil {
+			app.keep = new(keepLists)
+		}
+		b.unkeep = app.keep.add(ids)
+		b.logger.Info("clients kept on plain HTTP", zap.String("file", b.KeepFile), zap.Int("clients", len(ids)))
+	}
 	var err error
 	b.results, err = metrics.Register(ctx.GetMetricsRegistry(), plaintextBridgeResults)
 	return err
+}
+
+// Cleanup takes the handler's keep list off the app.
+func (b *PlaintextBridge) Cleanup() error {
+	if b.unkeep != nil {
+		b.unkeep()
+	}
+	return nil
 }
 
 // Validate names the first wrong field.
@@ -208,7 +239,7 @@ func (b *PlaintextBridge) ServeHTTP(w http.ResponseWriter, r *http.Request, next
 	}
 	reason := b.decide(r)
 	switch reason {
-	case bridgeWindowOpen, bridgeMigration:
+	case bridgeWindowOpen, bridgeMigration, bridgeKept:
 	case bridgePathNotAllowed:
 		return b.refuse(w, r, http.StatusForbidden, reason, nil)
 	default:
@@ -226,13 +257,16 @@ func (b *PlaintextBridge) ServeHTTP(w http.ResponseWriter, r *http.Request, next
 	return next.ServeHTTP(w, r)
 }
 
-// decide returns why r passes (window_open, migration) or is refused.
+// decide returns why r passes (window_open, kept, migration) or is refused.
 func (b *PlaintextBridge) decide(r *http.Request) string {
 	if b.app.windowOpen(b.app.now()) {
 		if matchAny(b.allow, r) {
 			return bridgeWindowOpen
 		}
 		return bridgePathNotAllowed
+	}
+	if matchAny(b.allow, r) && b.app.Kept(r) {
+		return bridgeKept
 	}
 	if b.OutsideWindow == outsideMigrate && matchAny(b.migration, r) {
 		return bridgeMigration
@@ -301,5 +335,6 @@ var bridgeRefusalText = map[string]string{
 var (
 	_ caddy.Provisioner           = (*PlaintextBridge)(nil)
 	_ caddy.Validator             = (*PlaintextBridge)(nil)
+	_ caddy.CleanerUpper          = (*PlaintextBridge)(nil)
 	_ caddyhttp.MiddlewareHandler = (*PlaintextBridge)(nil)
 )

@@ -22,6 +22,7 @@ func parsePlaintextBridge(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, 
 //	    upload         [<path>] [<param>=<value>...]
 //	    outside_window migrate|426|403
 //	    max_body       <size>
+//	    keep           <file>
 //	}
 //
 // allow, migration and upload may be repeated. A path matches
@@ -29,7 +30,8 @@ func parsePlaintextBridge(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, 
 // must be in the query, once, name and value matched ignoring ASCII case.
 // upload replaces the default (/secars/secars.dll action=log). A request
 // naming any of these parameters, or the legacygate app's heartbeat or
-// client_id parameters, more than once is refused with 400.
+// client_id parameters, more than once is refused with 400. keep names a
+// file of client ids (one per line) kept on plain HTTP past the window.
 func (b *PlaintextBridge) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next()
 	if d.NextArg() {
@@ -54,6 +56,8 @@ func (b *PlaintextBridge) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			b.OutsideWindow, err = caddyarg.One(d)
 		case "max_body":
 			b.MaxBody, err = caddyarg.Size(d)
+		case "keep":
+			b.KeepFile, err = caddyarg.One(d)
 		default:
 			return d.Errf("plaintext_bridge: unknown subdirective %q", d.Val())
 		}
