@@ -218,10 +218,10 @@ func pageArgs(r *http.Request) (page, size int, err error) {
 func (a *App) status(page, size int) RotationStatus {
 	now := a.now().UTC()
 	st := RotationStatus{
-		Now:         now,
-		App:         true,
-		Keys:        map[string]string{roleCurrent: a.current.KeyID()},
-		SigningKeys: []SigningKeyInfo{keyInfo(roleCurrent, a.current)},
+		Now:               now,
+		App:               true,
+		Keys:              map[string]string{roleCurrent: a.current.KeyID()},
+		SigningKeys:       []SigningKeyInfo{keyInfo(roleCurrent, a.current)},
 		NeedsAgentUpgrade: a.keptClients(),
 	}
 	if a.next != nil {
