@@ -167,10 +167,7 @@ func (b *PlaintextBridge) provision(ctx caddy.Context, app *App) error {
 		if err != nil {
 			return fmt.Errorf("plaintext_bridge: keep: %w", err)
 		}
-		if app.keep == nil {
-			app.keep = new(keepLists)
-		}
-		b.unkeep = app.keep.add(ids)
+		b.unkeep = app.KeepClients(ids)
 		b.logger.Info("clients kept on plain HTTP", zap.String("file", b.KeepFile), zap.Int("clients", len(ids)))
 	}
 	var err error

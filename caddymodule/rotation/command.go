@@ -132,6 +132,7 @@ func formatRotationStatus(out io.Writer, st RotationStatus) error {
 		return err
 	}
 	formatStragglers(&b, st.Stragglers)
+	formatKept(&b, st.NeedsAgentUpgrade)
 	formatKeys(&b, st.SigningKeys)
 	_, err := out.Write(b.Bytes())
 	return err
@@ -150,6 +151,7 @@ func formatNoRotation(b *bytes.Buffer, st RotationStatus) {
 	} else {
 		b.WriteString("Plaintext clients  not tracked (the legacygate app counts them during a rotation window)\n")
 	}
+	formatKept(b, st.NeedsAgentUpgrade)
 	formatKeys(b, st.SigningKeys)
 }
 
@@ -179,6 +181,24 @@ func formatStragglers(b *bytes.Buffer, s *StragglerPage) {
 	for _, c := range s.Clients {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", printable(c.Client), c.Progress, c.LastSeen.Format(time.RFC3339),
 			timeOrDash(c.AnchorFetched), c.HeartbeatsSince, yesNo(c.SeenPlaintext))
+	}
+	_ = tw.Flush()
+}
+
+// formatKept lists the clients kept on plain HTTP by plaintext_bridge.
+func formatKept(b *bytes.Buffer, kept []KeptClient) {
+	if len(kept) == 0 {
+		return
+	}
+	fmt.Fprintf(b, "\nKept on plain HTTP, needs agent upgrade (%d):\n", len(kept))
+	tw := tabwriter.NewWriter(b, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "CLIENT\tPROGRESS\tLAST SEEN\tNOTE")
+	for _, k := range kept {
+		progress, seen := "not seen", "-"
+		if k.Seen {
+			progress, seen = string(k.Progress), k.LastSeen.Format(time.RFC3339)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\tneeds agent upgrade\n", printable(k.Client), progress, seen)
 	}
 	_ = tw.Flush()
 }

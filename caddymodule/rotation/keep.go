@@ -131,6 +131,17 @@ func (k *keepLists) all() []string {
 	return slices.Compact(out)
 }
 
+// KeepClients keeps ids (upper-cased client ids, as ParseKeepList returns
+// them) on plain HTTP until the returned function is called:
+// plaintext_bridge calls it from Provision with its keep file and the
+// function from Cleanup.
+func (a *App) KeepClients(ids []string) (remove func()) {
+	if a.keep == nil {
+		a.keep = new(keepLists)
+	}
+	return a.keep.add(ids)
+}
+
 // Kept reports whether r's client is on a plaintext_bridge keep list: its
 // agent speaks no TLS 1.2, so it stays on plain HTTP and its settings keep
 // their plain-HTTP server entries. A request whose client id is ambiguous
