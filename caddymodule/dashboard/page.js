@@ -84,19 +84,20 @@
 
     set('plaintext-count', st.plaintext_clients === null || st.plaintext_clients === undefined ? 'not tracked' : n(st.plaintext_clients));
     var strag = (st.stragglers && st.stragglers.clients) || [];
-    var plain = [];
+    var plain = [], kept = {};
     (st.needs_agent_upgrade || []).forEach(function (k) {
+      kept[k.client] = true;
       plain.push([[k.client, 'client'], k.seen ? k.progress : 'not seen', k.seen ? ago(st.now, k.last_seen) : '–', ['needs agent upgrade', 'upgrade']]);
     });
     strag.forEach(function (s) {
-      if (s.seen_plaintext) { plain.push([[s.client, 'client'], s.progress, ago(st.now, s.last_seen), 'straggler on plain HTTP']); }
+      if (s.seen_plaintext && !kept[s.client]) { plain.push([[s.client, 'client'], s.progress, ago(st.now, s.last_seen), 'straggler on plain HTTP']); }
     });
     fill('plaintext-rows', plain, 'none listed (kept clients and stragglers on plain HTTP are listed here)', 4);
 
     var total = st.stragglers ? st.stragglers.total : 0;
     set('stragglers-total', st.stragglers ? '(' + n(total) + ' unconfirmed, longest silent first' + (total > strag.length ? '; first ' + strag.length + ' shown' : '') + ')' : '');
     fill('straggler-rows', strag.map(function (s) {
-      return [[s.client, 'client'], s.progress, ago(st.now, s.last_seen), when(s.anchor_fetched), [n(s.heartbeats_since), 'num'], s.seen_plaintext ? 'yes' : 'no'];
+      return [[s.client, 'client'], s.progress, ago(st.now, s.last_seen), [when(s.anchor_fetched), 'nowrap'], [n(s.heartbeats_since), 'num'], s.seen_plaintext ? 'yes' : 'no'];
     }), st.stragglers ? 'no stragglers: every tracked client confirmed' : 'no rotation', 6);
 
     fill('limit-rows', d.heartbeat_limit.map(function (m) {
@@ -109,7 +110,7 @@
     }), 'none yet', 3);
     fill('retry-rows', d.upstream.retries.map(function (m) { return [m.labels.reason, [n(m.value), 'num']]; }), 'none', 2);
     fill('key-rows', (st.signing_keys || []).map(function (k) {
-      return [k.role, k.key_id, k.subject, when(k.not_after), k.pin];
+      return [k.role, k.key_id, k.subject, [when(k.not_after), 'nowrap'], k.pin];
     }), 'none reported', 5);
   }
 
@@ -122,7 +123,7 @@
       updates++;
       body.setAttribute('data-updates', String(updates));
       $('status').className = '';
-      set('status', 'updated ' + when(d.now) + ', every ' + span(refresh / 1000));
+      set('status', 'updated ' + when(d.now) + ', every ' + (refresh < 1000 ? refresh + ' ms' : span(refresh / 1000)));
     }).catch(function (e) {
       $('status').className = 'failed';
       set('status', 'update failed: ' + e.message + '; retrying');
