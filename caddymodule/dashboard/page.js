@@ -110,7 +110,7 @@
     }), 'none yet', 3);
     fill('retry-rows', d.upstream.retries.map(function (m) { return [m.labels.reason, [n(m.value), 'num']]; }), 'none', 2);
     fill('key-rows', (st.signing_keys || []).map(function (k) {
-      return [k.role, k.key_id, k.subject, [when(k.not_after), 'nowrap'], k.pin];
+      return [k.role, [k.key_id, 'client'], k.subject, [when(k.not_after), 'nowrap'], [k.pin, 'client']];
     }), 'none reported', 5);
   }
 

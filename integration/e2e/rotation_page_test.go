@@ -15,6 +15,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/legacygate/legacygate/integration/fleet"
 	"github.com/legacygate/legacygate/integration/harness"
 )
 
@@ -109,6 +110,30 @@ http://127.0.0.1:%d {
 `, dashPort)
 }
 
+// pageFleetClients is enough clients for a page to read, and few enough to
+// keep the test light on CI's two cores.
+const pageFleetClients = 200
+
+// pageFleet is the window lab's fleet (clients trusting the gateway's
+// current certificate, a fifth on plain HTTP) with n clients.
+func pageFleet(t *testing.T, l *windowLab, n int) *fleet.Fleet {
+	t.Helper()
+	doc, err := fleet.BuildSyLink(&fleet.Settings{Blocks: []fleet.PriorityBlock{{Name: "Priority1", Servers: []fleet.Server{{
+		Address: "localhost", HTTPSPort: l.port, HTTPPort: l.plainPort, VerifySignatures: true, Cert: l.current.Cert,
+	}}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := fleet.New(fleet.Config{
+		Count: n, SyLink: doc, TLSMax: fleet.TLS12, PlaintextShare: 0.2,
+		Interval: fleetInterval, Randomize: fleetRandomize, LogBytes: 512, Timeout: 5 * time.Second, Seed: 9,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
 // TestRotationPage loads the rotation page in headless Chromium while a
 // fleet runs through a rotation window, and checks what an operator sees:
 // the window open, the confirmed count rising from one refresh to the
@@ -175,8 +200,8 @@ func TestRotationPage(t *testing.T) {
 	}
 
 	t.Logf("page loaded after %s", time.Since(now).Round(time.Millisecond))
-	run := runFleet(t, l.windowFleet(t, 0.2, 512))
-	n := fleetClients()
+	n := min(fleetClients(), pageFleetClients)
+	run := runFleet(t, pageFleet(t, l, n))
 	rising := waitPage("confirmed clients", 30*time.Second, func(v pageView) bool { return v.confirmedCount(t) > 0 })
 	later := waitPage("the confirmed count rising", 30*time.Second, func(v pageView) bool {
 		return v.Updates > rising.Updates && v.confirmedCount(t) > rising.confirmedCount(t)
