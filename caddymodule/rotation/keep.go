@@ -79,25 +79,31 @@ func readKeepFile(path string) ([]string, error) {
 
 // keepLists are the client ids the plaintext_bridge handlers of one
 // configuration keep on plain HTTP; each handler adds its list at Provision
-// and removes it at Cleanup.
+// and removes it at Cleanup. Each list is a set: it is looked up on every
+// plain request outside the window and every settings document.
 type keepLists struct {
 	mu    sync.RWMutex
-	lists map[*[]string]struct{}
+	lists map[*keepSet]struct{}
 }
+
+type keepSet struct{ ids map[string]struct{} }
 
 // add registers ids; the returned function removes them again.
 func (k *keepLists) add(ids []string) (remove func()) {
+	set := &keepSet{ids: make(map[string]struct{}, len(ids))}
+	for _, id := range ids {
+		set.ids[id] = struct{}{}
+	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.lists == nil {
-		k.lists = map[*[]string]struct{}{}
+		k.lists = map[*keepSet]struct{}{}
 	}
-	p := &ids
-	k.lists[p] = struct{}{}
+	k.lists[set] = struct{}{}
 	return func() {
 		k.mu.Lock()
 		defer k.mu.Unlock()
-		delete(k.lists, p)
+		delete(k.lists, set)
 	}
 }
 
@@ -108,8 +114,8 @@ func (k *keepLists) contains(id string) bool {
 	}
 	k.mu.RLock()
 	defer k.mu.RUnlock()
-	for l := range k.lists {
-		if slices.Contains(*l, id) {
+	for set := range k.lists {
+		if _, ok := set.ids[id]; ok {
 			return true
 		}
 	}
@@ -123,8 +129,10 @@ func (k *keepLists) all() []string {
 	}
 	k.mu.RLock()
 	var out []string
-	for l := range k.lists {
-		out = append(out, *l...)
+	for set := range k.lists {
+		for id := range set.ids {
+			out = append(out, id)
+		}
 	}
 	k.mu.RUnlock()
 	slices.Sort(out)
