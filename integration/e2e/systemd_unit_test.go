@@ -81,6 +81,24 @@ func TestSystemdUnitVerifiesAndIsHardened(t *testing.T) {
 		t.Errorf("LimitNOFILE=%d: 10,000 clients need a connection each plus upstream, listeners and bursts", n)
 	}
 
+	// systemd-analyze does not know legacygate's flags: every flag the unit
+	// passes must be one its command lists.
+	execs := regexp.MustCompile(`(?m)^Exec(?:Start|Reload)=/usr/local/bin/legacygate (\S+)(.*)$`).FindAllStringSubmatch(text, -1)
+	if len(execs) != 2 {
+		t.Fatalf("want ExecStart and ExecReload running /usr/local/bin/legacygate, found %d", len(execs))
+	}
+	for _, m := range execs {
+		help, _, err := harness.Run(t, m[1], "--help")
+		if err != nil {
+			t.Fatalf("legacygate %s --help: %v", m[1], err)
+		}
+		for _, flag := range regexp.MustCompile(`--[a-z-]+`).FindAllString(m[2], -1) {
+			if !strings.Contains(help, flag+" ") {
+				t.Errorf("the unit runs legacygate %s %s, which has no such flag", m[1], flag)
+			}
+		}
+	}
+
 	// systemd's own exposure score (0 is locked down, 10 is unprotected).
 	out, err = exec.Command(analyze, "security", "--offline=true", "--no-pager", path).CombinedOutput()
 	if err != nil {
