@@ -84,6 +84,9 @@ func guardRun(cmd *cobra.Command) {
 	cmd.RunE = func(c *cobra.Command, args []string) error {
 		allow, _ := c.Flags().GetBool(allowSecondFlag)
 		if allow || os.Getenv(allowSecondEnv) == "1" {
+			if file, _ := c.Flags().GetString("config"); file != "" {
+				self.Config, _ = filepath.Abs(file)
+			}
 			return run(c, args)
 		}
 		if err := checkSingleInstance(c); err != nil {
