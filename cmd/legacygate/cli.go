@@ -113,6 +113,9 @@ func newRootCommand() *cobra.Command {
 			root.AddCommand(cmd)
 		default:
 			cmd := toCobra(c)
+			if name == "run" {
+				guardRun(cmd)
+			}
 			cmd.GroupID = groupCaddy
 			cmd.SetHelpTemplate(helpTemplate + "\n" + caddyDocsFooter + "\n")
 			renameInvocations(cmd, rewrite)
