@@ -96,8 +96,8 @@ type Storage struct {
 	logger  *zap.Logger
 	metrics storageMetrics
 
-	mu    *sync.Mutex
-	held  map[string]*heldLock
+	mu   *sync.Mutex
+	held map[string]*heldLock
 }
 
 // CaddyModule returns the Caddy module information.
