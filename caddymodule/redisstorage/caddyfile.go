@@ -48,7 +48,8 @@ var unsupported = map[string]string{
 //
 // address, host and port also take their value as a block of one line,
 // as the community module allows. Its cluster and failover modes,
-// encryption and compression are refused with the reason.
+// encryption and compression are refused with the reason, unless given
+// their defaults ("" or false).
 func (s *Storage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the module name
 	if d.NextArg() {
@@ -57,6 +58,13 @@ func (s *Storage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	for d.NextBlock(0) {
 		opt := d.Val()
 		if why, ok := unsupported[opt]; ok {
+			// The community module's defaults ("", false) ask for nothing
+			// this storage lacks: a copied Caddyfile that spells them out
+			// still loads.
+			args := d.RemainingArgs()
+			if len(args) == 1 && (args[0] == "" || args[0] == "false") {
+				continue
+			}
 			return d.Errf("storage redis: %s is not supported by legacygate's caddy.storage.redis: %s", opt, why)
 		}
 		var err error
