@@ -401,6 +401,15 @@ func TestClusterRotationOnRedisThreeGatewaysShareProgressSurviveAKillAndARedisRe
 	if sent.Load() < 20 {
 		t.Fatalf("only %d requests were sent across the Redis restart", sent.Load())
 	}
+	// The outage is counted, by operation and result only.
+	for _, sample := range []string{
+		`legacygate_redis_storage_operations_total{operation="store",result="ok"}`,
+		`legacygate_redis_storage_operations_total{operation="lock",result="error"}`,
+	} {
+		if v, err := strconv.ParseFloat(guardMetric(t, b.gw, sample), 64); err != nil || v < 1 {
+			t.Errorf("B's %s = %v (%v), want at least 1", sample, v, err)
+		}
+	}
 	if got := l.nextCert(t); !got.Equal(next) {
 		t.Fatal("after the Redis restart, Redis holds another next key than the cluster signs with")
 	}
