@@ -1,6 +1,7 @@
 package rotation
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"encoding/json"
@@ -114,6 +115,7 @@ type App struct {
 	now           func() time.Time
 	gauges        rotationGauges
 	keep          *keepLists // set by Provision; plaintext_bridge adds to it
+	generated     []storedKey // generated keys, written again if storage loses them
 
 	stop chan struct{}
 	done chan struct{}
@@ -428,9 +430,12 @@ func (a *App) loadKeys(ctx caddy.Context) error {
 		return err
 	}
 	for _, k := range a.SigningKeys {
-		s, err := k.load(ctx, a.storage)
+		s, stored, err := k.load(ctx, a.storage)
 		if err != nil {
 			return fmt.Errorf("legacygate: signing_key %s: %w", k.Role, err)
+		}
+		if k.Generate != "" {
+			a.generated = append(a.generated, stored)
 		}
 		if k.Role == roleCurrent {
 			a.current = s
@@ -444,71 +449,123 @@ func (a *App) loadKeys(ctx caddy.Context) error {
 	return nil
 }
 
-func (k SigningKeyConfig) load(ctx context.Context, storage certmagic.Storage) (*policyguard.Signer, error) {
+func (k SigningKeyConfig) load(ctx context.Context, storage certmagic.Storage) (*policyguard.Signer, storedKey, error) {
 	if k.Generate == "" {
-		return policyguard.LoadSigner(k.KeyFile, k.CertFile)
+		s, err := policyguard.LoadSigner(k.KeyFile, k.CertFile)
+		return s, storedKey{}, err
 	}
 	sctx, cancel := context.WithTimeout(ctx, storageTimeout)
 	defer cancel()
 	return loadOrGenerateKey(sctx, storage, k.Generate)
 }
 
+// storedKey is a generated key as kept in storage.
+type storedKey struct {
+	name            string
+	keyPEM, certPEM []byte
+}
+
+func generatedKeyPaths(name string) (keyPath, certPath, lock string) {
+	return path.Join("legacygate", "keys", name+".key"), path.Join("legacygate", "keys", name+".crt"), path.Join("legacygate", "keys", name)
+}
+
 // loadOrGenerateKey returns the key stored under name, making it first if
 // it does not exist. The lock makes concurrent gateways agree on one key.
-func loadOrGenerateKey(ctx context.Context, storage certmagic.Storage, name string) (*policyguard.Signer, error) {
-	keyPath, certPath := path.Join("legacygate", "keys", name+".key"), path.Join("legacygate", "keys", name+".crt")
-	if s, err := loadStoredKey(ctx, storage, keyPath, certPath); !errors.Is(err, fs.ErrNotExist) {
-		return s, err
+func loadOrGenerateKey(ctx context.Context, storage certmagic.Storage, name string) (*policyguard.Signer, storedKey, error) {
+	_, _, lock := generatedKeyPaths(name)
+	if s, sk, err := loadStoredKey(ctx, storage, name); !errors.Is(err, fs.ErrNotExist) {
+		return s, sk, err
 	}
-	lock := path.Join("legacygate", "keys", name)
 	if err := storage.Lock(ctx, lock); err != nil {
-		return nil, fmt.Errorf("generate %s: locking storage: %w", name, err)
+		return nil, storedKey{}, fmt.Errorf("generate %s: locking storage: %w", name, err)
 	}
 	defer func() { _ = storage.Unlock(context.WithoutCancel(ctx), lock) }()
-	if s, err := loadStoredKey(ctx, storage, keyPath, certPath); !errors.Is(err, fs.ErrNotExist) {
-		return s, err
+	if s, sk, err := loadStoredKey(ctx, storage, name); !errors.Is(err, fs.ErrNotExist) {
+		return s, sk, err
 	}
 	key, cert, err := policyguard.GenerateSigningKey(generatedKeyBits, "legacygate policy signing "+name)
 	if err != nil {
-		return nil, fmt.Errorf("generate %s: %w", name, err)
+		return nil, storedKey{}, fmt.Errorf("generate %s: %w", name, err)
 	}
 	keyPEM, certPEM, err := policyguard.EncodeKeyPair(key, cert)
 	if err != nil {
-		return nil, fmt.Errorf("generate %s: %w", name, err)
+		return nil, storedKey{}, fmt.Errorf("generate %s: %w", name, err)
 	}
-	// The certificate is written last: loadStoredKey treats a missing
-	// certificate as "not generated yet".
-	if err := storage.Store(ctx, keyPath, keyPEM); err != nil {
-		return nil, fmt.Errorf("generate %s: storing %s: %w", name, keyPath, err)
+	sk := storedKey{name: name, keyPEM: keyPEM, certPEM: certPEM}
+	if err := storeKey(ctx, storage, sk); err != nil {
+		return nil, storedKey{}, fmt.Errorf("generate %s: %w", name, err)
 	}
-	if err := storage.Store(ctx, certPath, certPEM); err != nil {
-		return nil, fmt.Errorf("generate %s: storing %s: %w", name, certPath, err)
-	}
-	return policyguard.NewSigner(key, cert)
+	s, err := policyguard.NewSigner(key, cert)
+	return s, sk, err
 }
 
-func loadStoredKey(ctx context.Context, storage certmagic.Storage, keyPath, certPath string) (*policyguard.Signer, error) {
+// storeKey writes the certificate last: loadStoredKey treats a missing
+// certificate as "not generated yet".
+func storeKey(ctx context.Context, storage certmagic.Storage, sk storedKey) error {
+	keyPath, certPath, _ := generatedKeyPaths(sk.name)
+	if err := storage.Store(ctx, keyPath, sk.keyPEM); err != nil {
+		return fmt.Errorf("storing %s: %w", keyPath, err)
+	}
+	if err := storage.Store(ctx, certPath, sk.certPEM); err != nil {
+		return fmt.Errorf("storing %s: %w", certPath, err)
+	}
+	return nil
+}
+
+// restoreGeneratedKeys writes the generated keys again if storage lost
+// them (a Redis restarted without persistence): a gateway started later
+// must find the key the cluster signs with, not generate another. A
+// different key found in their place is only logged: the operator must
+// choose.
+func (a *App) restoreGeneratedKeys(ctx context.Context) {
+	for _, sk := range a.generated {
+		_, certPath, lock := generatedKeyPaths(sk.name)
+		if a.storage.Exists(ctx, certPath) {
+			continue
+		}
+		if err := a.storage.Lock(ctx, lock); err != nil {
+			a.logger.Error("restoring a generated signing key to storage", zap.String("name", sk.name), zap.Error(err))
+			continue
+		}
+		_, found, err := loadStoredKey(ctx, a.storage, sk.name)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			if err := storeKey(ctx, a.storage, sk); err != nil {
+				a.logger.Error("restoring a generated signing key to storage", zap.String("name", sk.name), zap.Error(err))
+			} else {
+				a.logger.Warn("storage had lost a generated signing key; wrote it again", zap.String("name", sk.name))
+			}
+		case err == nil && !bytes.Equal(found.certPEM, sk.certPEM):
+			a.logger.Error("storage holds another key under a generated signing key's name than this gateway signs with",
+				zap.String("name", sk.name), zap.String("path", certPath))
+		}
+		_ = a.storage.Unlock(context.WithoutCancel(ctx), lock)
+	}
+}
+
+func loadStoredKey(ctx context.Context, storage certmagic.Storage, name string) (*policyguard.Signer, storedKey, error) {
+	keyPath, certPath, _ := generatedKeyPaths(name)
 	certPEM, err := storage.Load(ctx, certPath)
 	if err != nil {
-		return nil, err
+		return nil, storedKey{}, err
 	}
 	keyPEM, err := storage.Load(ctx, keyPath)
 	if err != nil {
-		return nil, fmt.Errorf("storage holds %s but not %s: %w", certPath, keyPath, err)
+		return nil, storedKey{}, fmt.Errorf("storage holds %s but not %s: %w", certPath, keyPath, err)
 	}
 	certs, err := policyguard.ParseCertificates(certPEM)
 	if err != nil {
-		return nil, fmt.Errorf("stored %s: %w", certPath, err)
+		return nil, storedKey{}, fmt.Errorf("stored %s: %w", certPath, err)
 	}
 	key, err := policyguard.ParsePrivateKey(keyPEM)
 	if err != nil {
-		return nil, fmt.Errorf("stored %s: %w", keyPath, err)
+		return nil, storedKey{}, fmt.Errorf("stored %s: %w", keyPath, err)
 	}
 	s, err := policyguard.NewSigner(key, certs[0])
 	if err != nil {
-		return nil, fmt.Errorf("stored %s and %s: %w", keyPath, certPath, err)
+		return nil, storedKey{}, fmt.Errorf("stored %s and %s: %w", keyPath, certPath, err)
 	}
-	return s, nil
+	return s, storedKey{name: name, keyPEM: keyPEM, certPEM: certPEM}, nil
 }
 
 // Start runs the persistence loop and makes the app the one the admin API
@@ -571,6 +628,7 @@ func (a *App) syncOnce() {
 	if err := a.store.sync(ctx, a.table, a.now()); err != nil {
 		a.logger.Error("syncing rotation progress with storage", zap.Error(err))
 	}
+	a.restoreGeneratedKeys(ctx)
 	a.updateGauges()
 }
 

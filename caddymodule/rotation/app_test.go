@@ -1,6 +1,7 @@
 package rotation
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net/http"
@@ -524,6 +525,33 @@ func TestAppGeneratedKeysAreSharedThroughStorage(t *testing.T) {
 	again := startApp(t, block("c"), clock)
 	if again.next.KeyID() != apps[0].next.KeyID() {
 		t.Fatal("a restart generated a new key instead of loading the stored one")
+	}
+}
+
+func TestAppWritesAGeneratedKeyAgainWhenStorageLostIt(t *testing.T) {
+	dir := t.TempDir()
+	k := testRotationKeys(t)
+	block := "legacygate {\n signing_key current " + k.currentKey + " " + k.currentCert +
+		"\n signing_key next generate 2026\n instance_id a\n storage file_system " + dir +
+		"\n rotation {\n  window 2026-12-01T00:00:00Z 2026-12-31T00:00:00Z\n }\n}"
+	clock := &testClock{now: inWindow}
+	a := startApp(t, block, clock)
+	keys := filepath.Join(dir, "legacygate", "keys")
+	want, err := os.ReadFile(filepath.Join(keys, "2026.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Storage comes back empty (a Redis restarted without persistence).
+	if err := os.RemoveAll(filepath.Join(dir, "legacygate")); err != nil {
+		t.Fatal(err)
+	}
+	a.syncOnce()
+	got, err := os.ReadFile(filepath.Join(keys, "2026.crt"))
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("after a sync the lost key is not back as it was: %v", err)
+	}
+	if again := startApp(t, strings.Replace(block, "instance_id a", "instance_id b", 1), clock); again.next.KeyID() != a.next.KeyID() {
+		t.Fatal("a gateway started after the loss generated another next key")
 	}
 }
 

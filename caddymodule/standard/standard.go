@@ -11,6 +11,7 @@ import (
 	_ "github.com/legacygate/legacygate/caddymodule/managerrequest"
 	_ "github.com/legacygate/legacygate/caddymodule/packageguard"
 	_ "github.com/legacygate/legacygate/caddymodule/policyguard"
+	_ "github.com/legacygate/legacygate/caddymodule/redisstorage"
 	_ "github.com/legacygate/legacygate/caddymodule/rotation"
 	_ "github.com/legacygate/legacygate/caddymodule/xmlguard"
 )

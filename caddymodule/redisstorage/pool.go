@@ -1,0 +1,73 @@
+package redisstorage
+
+import (
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// closeGrace is how long a connection no configuration uses any more stays
+// open. Caddy cleans up a configuration's modules in no set order, so the
+// legacygate app's final save may come after this storage's Cleanup; and a
+// reload provisions the new configuration before the old one is cleaned
+// up, so the new one takes the connection over without reconnecting.
+const closeGrace = 30 * time.Second
+
+// clientPool shares one connection between storage instances with the
+// same connection settings, across reloads.
+type clientPool struct {
+	mu      sync.Mutex
+	entries map[string]*pooled
+}
+
+type pooled struct {
+	client redis.UniversalClient
+	refs   int
+	closer *time.Timer
+}
+
+var pool = &clientPool{entries: map[string]*pooled{}}
+
+func (p *clientPool) acquire(key string, dial func() redis.UniversalClient) redis.UniversalClient {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if e, ok := p.entries[key]; ok {
+		if e.closer != nil {
+			e.closer.Stop()
+			e.closer = nil
+		}
+		e.refs++
+		return e.client
+	}
+	e := &pooled{client: dial(), refs: 1}
+	p.entries[key] = e
+	return e.client
+}
+
+func (p *clientPool) release(key string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	e, ok := p.entries[key]
+	if !ok {
+		return
+	}
+	if e.refs--; e.refs > 0 {
+		return
+	}
+	if e.closer != nil {
+		e.closer.Stop()
+	}
+	var timer *time.Timer
+	timer = time.AfterFunc(closeGrace, func() {
+		p.mu.Lock()
+		if p.entries[key] != e || e.refs > 0 || e.closer != timer {
+			p.mu.Unlock()
+			return
+		}
+		delete(p.entries, key)
+		p.mu.Unlock()
+		_ = e.client.Close()
+	})
+	e.closer = timer
+}
