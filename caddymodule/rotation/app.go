@@ -114,7 +114,7 @@ type App struct {
 	logger        *zap.Logger
 	now           func() time.Time
 	gauges        rotationGauges
-	keep          *keepLists // set by Provision; plaintext_bridge adds to it
+	keep          *keepLists  // set by Provision; plaintext_bridge adds to it
 	generated     []storedKey // generated keys, written again if storage loses them
 
 	stop chan struct{}
