@@ -68,7 +68,9 @@ const header = `# legacygate in front of the {{.Flavor}} manager at {{.Manager}}
 # addresses to listen on), LEGACYGATE_SITE_HOST and LEGACYGATE_HTTPS_PORT
 # (the name and port clients reach), LEGACYGATE_ADMIN (the admin endpoint
 # ` + "`legacygate rotation status`" + ` and ` + "`legacygate reload`" + ` talk to),
-# LEGACYGATE_ALLOW_SHA1 (on/off).
+# LEGACYGATE_ALLOW_SHA1 (on/off), LEGACYGATE_HEARTBEAT_RATE, _BURST and
+# _GLOBAL_RATE (heartbeat_limit), LEGACYGATE_ERROR_LOG (the error log file),
+# LEGACYGATE_WINDOW_START and _END (the day-0 window).
 #
 # What the probe of the manager found:
 {{- range .Probe}}
@@ -200,9 +202,11 @@ const sepmBody = `
 		}
 		heartbeat_limit @heartbeat {
 			key {query.hostid} {client_ip}
-			rate 1/60s
-			burst 3
-			global_rate 200/1s
+			# One heartbeat a minute per client on average, up to 3 back to back.
+			rate {$LEGACYGATE_HEARTBEAT_RATE:1/60s}
+			burst {$LEGACYGATE_HEARTBEAT_BURST:3}
+			# At most this many heartbeats a second reach the manager in total.
+			global_rate {$LEGACYGATE_HEARTBEAT_GLOBAL_RATE:200/1s}
 			max_wait 2s
 			status 503
 			jitter 0.5
