@@ -29,7 +29,7 @@ type Probe struct {
 	// none did (the manager needs RSA key exchange or 3DES).
 	DefaultSuitesVersion uint16
 	// Suites are the TLS 1.0-1.2 cipher suites the manager accepted, in
-	// Go's preference order (secure ones first).
+	// the order of crypto/tls's lists (secure ones first).
 	Suites []uint16
 	// SHA1HandshakeSignatures: the manager's TLS 1.2 handshake failed on
 	// its signature algorithm (it signs with SHA-1, which Go refuses since
@@ -59,8 +59,8 @@ func (p *Probe) SelfSigned() bool {
 		return false
 	}
 	// SHA-1 signatures do not verify in Go: a matching issuer suffices then.
-	err := l.CheckSignatureFrom(l)
-	return err == nil || errors.Is(err, x509.InsecureAlgorithmError(l.SignatureAlgorithm)) || isSHA1(l.SignatureAlgorithm)
+	// CheckSignatureFrom would also want the certificate to be a CA.
+	return isSHA1(l.SignatureAlgorithm) || l.CheckSignature(l.SignatureAlgorithm, l.RawTBSCertificate, l.Signature) == nil
 }
 
 // SHA1Certificate says the certificate's own signature uses SHA-1 (or MD5).
