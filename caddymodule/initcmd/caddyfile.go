@@ -20,6 +20,7 @@ type config struct {
 	Pin          string
 	ServerName   string // SNI; empty for an IP address
 	MinVersion   string // legacy_tls min_version
+	MaxVersion   string // legacy_tls max_version; empty: the default
 	CipherSuites []string
 	AllowSHA1    bool
 	AllowSHA1Why string
@@ -136,6 +137,10 @@ const transport = `			transport legacy_tls {
 				pin {{.Pin}}
 				# The oldest TLS the manager needs; nothing older is offered.
 				min_version {{.MinVersion}}
+{{- if .MaxVersion}}
+				# The manager's TLS 1.2 signs its handshake with SHA-1, which Go refuses.
+				max_version {{.MaxVersion}}
+{{- end}}
 {{- if .CipherSuites}}
 				# The manager accepts none of Go's default suites: these are the ones it takes.
 				cipher_suites {{join .CipherSuites " "}}

@@ -194,6 +194,9 @@ func Run(ctx context.Context, o Options, w io.Writer) error {
 			cfg.CipherSuites = append(cfg.CipherSuites, tls.CipherSuiteName(s))
 		}
 	}
+	if probe.TLS12SignatureRefused && probe.Best() < tls.VersionTLS12 {
+		cfg.MaxVersion = cfg.MinVersion
+	}
 	cfg.AllowSHA1, cfg.AllowSHA1Why = allowSHA1(probe, sylinkSHA1, o.SyLink != "")
 	cfg.IgnoreExpiry = now().After(signing[0].NotAfter)
 

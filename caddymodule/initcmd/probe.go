@@ -36,6 +36,9 @@ type Probe struct {
 	// RFC 9155), or the manager speaks only TLS 1.0/1.1, whose forward-
 	// secret handshakes are signed with MD5+SHA-1.
 	SHA1HandshakeSignatures bool
+	// TLS12SignatureRefused: the TLS 1.2 handshake failed on the manager's
+	// signature algorithm, so the gateway must stay below TLS 1.2.
+	TLS12SignatureRefused bool
 	// Leaf is the certificate the manager presented.
 	Leaf *x509.Certificate
 	// Pin is the leaf's legacy_tls pin.
@@ -111,7 +114,7 @@ func ProbeManager(ctx context.Context, addr, serverName string, timeout time.Dur
 		state, err := hs(v, v, allCipherSuites())
 		if err != nil {
 			if v == tls.VersionTLS12 && signatureRefused(err) {
-				p.SHA1HandshakeSignatures = true
+				p.SHA1HandshakeSignatures, p.TLS12SignatureRefused = true, true
 			}
 			continue
 		}
