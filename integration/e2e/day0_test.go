@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/legacygate/legacygate/integration/certs"
 	"github.com/legacygate/legacygate/integration/fleet"
 	"github.com/legacygate/legacygate/integration/harness"
 	"github.com/legacygate/legacygate/integration/manager"
@@ -238,4 +240,167 @@ func (w *syncWriter) Write(p []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.b.Write(p)
+}
+
+// adaptExample adapts Caddyfile.example with env set (and its other
+// variables unset) and returns the JSON, or the error with stderr.
+func adaptExample(t *testing.T, env map[string]string) (string, error) {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), "Caddyfile")
+	if err := os.WriteFile(file, []byte(exampleCaddyfile(t)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"LEGACYGATE_SITE", "LEGACYGATE_SITE_HOST", "LEGACYGATE_SITE_PORT", "SEPM_MANAGER", "SEPM_PIN",
+		"SEPM_SERVER_NAME", "LEGACYGATE_BIND", "LEGACYGATE_ALLOW_SHA1", "LEGACYGATE_ERROR_LOG"} {
+		t.Setenv(name, "") // restores the variable after the test
+		os.Unsetenv(name)
+	}
+	for k, v := range env {
+		t.Setenv(k, v)
+	}
+	stdout, stderr, err := harness.Run(t, "adapt", "--config", file)
+	if err != nil {
+		return "", fmt.Errorf("%w\n%s", err, stderr)
+	}
+	return stdout, nil
+}
+
+// TestCaddyfileExampleIsSwitchedByItsEnvironment: allow_sha1, the bind
+// address, the error log and the settings rewrite follow the variables the
+// file documents; the trust store is never touched; definitions downloads
+// have a route of their own, without policy_guard, flushed as they arrive.
+func TestCaddyfileExampleIsSwitchedByItsEnvironment(t *testing.T) {
+	tests := []struct {
+		name   string
+		env    map[string]string
+		want   []string
+		absent []string
+		err    string
+	}{
+		{"defaults", nil,
+			[]string{`"listen":[":443"]`, `"logs":{"errors":{"writer":{"filename":"legacygate-errors.log","output":"file"},"encoder":{"format":"json"},"level":"ERROR"}}`,
+				`"install_trust":false`, `"addresses":["sepm.example.com"]`, `"https_port":443`, `"drop_http_only":true`,
+				`"flush_interval":-1,"handler":"reverse_proxy"`},
+			[]string{`"allow_sha1":true`}, ""},
+		{"SHA-1 on, bound, logged elsewhere, another site",
+			map[string]string{"LEGACYGATE_ALLOW_SHA1": "on", "LEGACYGATE_BIND": "127.0.0.1", "LEGACYGATE_ERROR_LOG": "/tmp/x/errors.log",
+				"LEGACYGATE_SITE_HOST": "sepm.corp.example", "LEGACYGATE_SITE_PORT": "8443"},
+			[]string{`"allow_sha1":true`, `"listen":["127.0.0.1:443"]`, `"filename":"/tmp/x/errors.log"`, `"addresses":["sepm.corp.example"]`, `"https_port":8443`},
+			nil, ""},
+		{"SHA-1 off", map[string]string{"LEGACYGATE_ALLOW_SHA1": "off"}, nil, []string{`"allow_sha1":true`}, ""},
+		{"SHA-1 neither on nor off", map[string]string{"LEGACYGATE_ALLOW_SHA1": "yes"}, nil, nil, `allow_sha1: \"yes\" is neither on nor off`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, err := adaptExample(t, tt.env)
+			if tt.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.err) {
+					t.Fatalf("err %v, want %q", err, tt.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(out, w) {
+					t.Errorf("adapted JSON lacks %s", w)
+				}
+			}
+			for _, a := range tt.absent {
+				if strings.Contains(out, a) {
+					t.Errorf("adapted JSON has %s", a)
+				}
+			}
+			// The definitions route (its handlers, then its match, in JSON)
+			// comes before the one with policy_guard and holds none.
+			content := strings.Index(out, `"match":[{"path":["/content/*"]}]`)
+			guard := strings.Index(out, `"handler":"policy_guard"`)
+			flush := strings.Index(out, `"flush_interval":-1`)
+			if content < 0 || flush > content || guard < content || strings.Count(out, `"handler":"policy_guard"`) != 1 {
+				t.Errorf("want the /content/* route first and one policy_guard after it (at %d and %d)", content, guard)
+			}
+		})
+	}
+}
+
+// TestCaddyfileExampleRefusesThePlaceholderPin: with SEPM_PIN unset the
+// example's placeholder pin passes adapt but not validate, and the message
+// says how to get the real one.
+func TestCaddyfileExampleRefusesThePlaceholderPin(t *testing.T) {
+	pair, err := certs.New(certs.Modern, "manager.test", 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	setExampleKeyFiles(t, pair)
+	if _, err := adaptExample(t, nil); err != nil {
+		t.Fatalf("adapt must still translate the example on a clean machine: %v", err)
+	}
+	file := filepath.Join(t.TempDir(), "Caddyfile")
+	if err := os.WriteFile(file, []byte(exampleCaddyfile(t)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("XDG_DATA_HOME", t.TempDir())
+	_, stderr, err := harness.Run(t, "validate", "--config", file)
+	if err == nil || !strings.Contains(stderr, "is a placeholder") || !strings.Contains(stderr, "legacygate pin HOST:PORT") {
+		t.Fatalf("validate: %v, want a refusal of the placeholder pin naming legacygate pin:\n%s", err, stderr)
+	}
+}
+
+// TestCaddyfileExampleStreamsDefinitions: a definitions download reaches
+// the client chunk by chunk as the manager sends it; a buffered answer
+// would hold the first chunk until the manager finished.
+func TestCaddyfileExampleStreamsDefinitions(t *testing.T) {
+	pair, err := certs.New(certs.Modern, "manager.test", 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := make(chan struct{})
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{pair.TLS()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// A known length, as a real definitions file has: without one
+		// Caddy flushes every write anyway.
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Header().Set("Content-Length", strconv.Itoa(len("first chunk\nthe rest\n")))
+		w.Write([]byte("first chunk\n"))
+		w.(http.Flusher).Flush()
+		select {
+		case <-release:
+		case <-time.After(10 * time.Second):
+		}
+		w.Write([]byte("the rest\n"))
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { close(release); srv.Close() })
+
+	port := harness.FreePort(t)
+	for k, v := range map[string]string{"LEGACYGATE_SITE": "localhost:" + strconv.Itoa(port), "SEPM_MANAGER": ln.Addr().String(),
+		"SEPM_PIN": pair.Pin(), "SEPM_SERVER_NAME": "manager.test"} {
+		t.Setenv(k, v)
+	}
+	setExampleKeyFiles(t, pair)
+	g := harness.StartGateway(t, exampleCaddyfile(t))
+	g.WaitCertificate(t, "localhost")
+	resp, err := g.Client(t).Get("https://localhost:" + strconv.Itoa(port) + "/content/{535CB6A4-441F-4e8a-A897-804CD859100E}/190901001/full.zip")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	got := make(chan string, 1)
+	go func() {
+		buf := make([]byte, 64)
+		n, _ := resp.Body.Read(buf)
+		got <- string(buf[:n])
+	}()
+	select {
+	case first := <-got:
+		if resp.StatusCode != http.StatusOK || first != "first chunk\n" {
+			t.Fatalf("status %d, first read %q, want 200 and the first chunk", resp.StatusCode, first)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the first chunk did not arrive while the manager was still sending: the download is buffered")
+	}
 }
