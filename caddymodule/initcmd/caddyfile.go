@@ -52,7 +52,16 @@ func renderCaddyfile(cfg *config) ([]byte, error) {
 	return b.Bytes(), nil
 }
 
-var funcs = template.FuncMap{"join": strings.Join}
+var funcs = template.FuncMap{"join": strings.Join, "q": quote}
+
+// quote makes s one Caddyfile token: a path with spaces (C:\Program Files\…)
+// is written in double quotes.
+func quote(s string) string {
+	if !strings.ContainsAny(s, " \t\"{}#'`") {
+		return s
+	}
+	return `"` + strings.ReplaceAll(s, `"`, `\"`) + `"`
+}
 
 var templates = map[string]*template.Template{
 	"sepm":         template.Must(template.New("sepm").Funcs(funcs).Parse(header + globals + sepmBody)),
@@ -93,7 +102,7 @@ const globals = `
 	# Errors (refused signatures, an unreachable manager, pin mismatches)
 	# also go to a file of their own.
 	log errors {
-		output file {$LEGACYGATE_ERROR_LOG:{{.ErrorLog}}}
+		output file {$LEGACYGATE_ERROR_LOG:{{q .ErrorLog}}}
 		format json
 		level ERROR
 	}
@@ -116,8 +125,8 @@ const globals = `
 	# key; a client switches only after it has the new certificate and
 	# sent 3 more heartbeats.
 	legacygate {
-		signing_key current {{.ManagerKey}} {{.ManagerCert}}
-		signing_key next {{.GatewayKey}} {{.GatewayCert}}
+		signing_key current {{q .ManagerKey}} {{q .ManagerCert}}
+		signing_key next {{q .GatewayKey}} {{q .GatewayCert}}
 		# What names a client (its host id).
 		client_id {query.hostid}
 		rotation {
@@ -220,12 +229,12 @@ const sepmBody = `
 		# nothing unverified is forwarded.
 		policy_guard /secars/secars.dll {
 			# The manager's signing certificate (the same key as its TLS certificate on SEPM).
-			upstream_cert {{.ManagerCert}}
+			upstream_cert {{q .ManagerCert}}
 {{- if not .DayZero}}
 			# The gateway's signing key; clients must trust its certificate
-			# ({{.GatewayCert}}). A fleet that trusts the manager's certificate
+			# ({{q .GatewayCert}}). A fleet that trusts the manager's certificate
 			# needs the day-0 configuration instead: ` + "`legacygate init --manager-key`" + `.
-			signing_key {{.GatewayKey}} {{.GatewayCert}}
+			signing_key {{q .GatewayKey}} {{q .GatewayCert}}
 {{- end}}
 			roots Profile ServerSettings
 			allow_non_xml text/plain
@@ -280,7 +289,7 @@ const checkpointBody = `
 		}
 		# Packages must carry the manager's valid signature.
 		package_guard /epm/packages/* {
-			upstream_cert {{.ManagerCert}}
+			upstream_cert {{q .ManagerCert}}
 			allow_sha1
 			ignore_expiry
 			max_size 256MiB

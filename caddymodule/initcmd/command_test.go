@@ -68,7 +68,8 @@ func TestRunWritesAConfigurationThatValidates(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			out := t.TempDir()
+			// A folder with a space, as C:\Program Files\… is.
+			out := filepath.Join(t.TempDir(), "legacy gate")
 			o := tt.opts
 			o.Manager, o.Out, o.Site = addr, out, "localhost:"+strconv.Itoa(harness.FreePort(t))
 			var report bytes.Buffer
@@ -91,12 +92,12 @@ func TestRunWritesAConfigurationThatValidates(t *testing.T) {
 			}
 			text := string(caddyfile)
 			for _, w := range tt.wants {
-				if w = strings.ReplaceAll(w, "OUT", out); !strings.Contains(text, w) {
+				if w = quoteOut(w, out); !strings.Contains(text, w) {
 					t.Errorf("the Caddyfile lacks %q", w)
 				}
 			}
 			for _, a := range tt.absent {
-				if a = strings.ReplaceAll(a, "OUT", out); strings.Contains(text, a) {
+				if a = quoteOut(a, out); strings.Contains(text, a) {
 					t.Errorf("the Caddyfile has %q", a)
 				}
 			}
@@ -192,4 +193,12 @@ func TestRunTakesTheSigningCertificateFromASyLink(t *testing.T) {
 	if !strings.Contains(report.String(), "from the <ServerCertificate> of") {
 		t.Fatalf("the report does not say where the certificate came from:\n%s", report.String())
 	}
+}
+
+// quoteOut puts the folder out, quoted as the Caddyfile writes it, for
+// each OUT/file in s.
+func quoteOut(s, out string) string {
+	return regexp.MustCompile(`OUT/([a-z.]+)`).ReplaceAllStringFunc(s, func(m string) string {
+		return `"` + filepath.Join(out, m[len("OUT/"):]) + `"`
+	})
 }
