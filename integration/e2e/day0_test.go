@@ -341,6 +341,8 @@ func TestCaddyfileExampleRefusesThePlaceholderPin(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Setenv("XDG_DATA_HOME", t.TempDir())
+	// validate opens the error log too: not in this package's folder.
+	t.Setenv("LEGACYGATE_ERROR_LOG", filepath.Join(t.TempDir(), "errors.log"))
 	_, stderr, err := harness.Run(t, "validate", "--config", file)
 	if err == nil || !strings.Contains(stderr, "is a placeholder") || !strings.Contains(stderr, "legacygate pin HOST:PORT") {
 		t.Fatalf("validate: %v, want a refusal of the placeholder pin naming legacygate pin:\n%s", err, stderr)
