@@ -202,3 +202,22 @@ func quoteOut(s, out string) string {
 		return `"` + filepath.Join(out, m[len("OUT/"):]) + `"`
 	})
 }
+
+func TestInitCommandNamesTheBadFlag(t *testing.T) {
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"init"}, "--manager: the manager's host:port is required"},
+		{[]string{"init", "--manager", "127.0.0.1:1", "--window-start", "tomorrow"}, "--window-start"},
+		{[]string{"init", "--manager", "127.0.0.1:1", "--out", t.TempDir()}, "unreachable"},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			_, stderr, err := harness.Run(t, tt.args...)
+			if err == nil || !strings.Contains(stderr, tt.want) {
+				t.Fatalf("err %v, stderr %q, want a failure naming %q", err, stderr, tt.want)
+			}
+		})
+	}
+}
