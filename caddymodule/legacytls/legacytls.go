@@ -142,7 +142,7 @@ func (l *LegacyTLS) Provision(ctx caddy.Context) error {
 func (l *LegacyTLS) tlsSettings() (*tls.Config, error) {
 	l.pins = l.pins[:0]
 	for i, p := range l.Pins {
-		sum, err := ParsePin(p)
+		sum, err := CheckPin(p)
 		if err != nil {
 			return nil, fmt.Errorf("legacy_tls: pins[%d]: %w", i, err)
 		}

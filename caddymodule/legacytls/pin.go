@@ -1,6 +1,7 @@
 package legacytls
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
@@ -47,4 +48,21 @@ func FormatPin(sum [sha256.Size]byte) string {
 // PinOf is the pin of a certificate.
 func PinOf(c *x509.Certificate) string {
 	return FormatPin(sha256.Sum256(c.RawSubjectPublicKeyInfo))
+}
+
+// pinHint is how to get a real pin, for every pin error at provision time.
+const pinHint = "run `legacygate pin HOST:PORT` against the manager and paste the pin line it prints"
+
+// CheckPin parses a configured pin and refuses placeholders: a SHA-256
+// whose bytes are all the same (sha256/AAAA…=, sha256/////…) is what
+// documentation examples use, never the hash of a real key.
+func CheckPin(s string) ([sha256.Size]byte, error) {
+	sum, err := ParsePin(s)
+	if err != nil {
+		return sum, fmt.Errorf("%w; %s", err, pinHint)
+	}
+	if bytes.Count(sum[:], sum[:1]) == len(sum) {
+		return sum, fmt.Errorf("pin %q is a placeholder (all %d bytes are 0x%02x), not a manager's key; %s", s, len(sum), sum[0], pinHint)
+	}
+	return sum, nil
 }

@@ -20,7 +20,7 @@ func parsePolicyGuard(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, erro
 //	    upstream_cert <file> [<file>...]
 //	    signing_key   <key_file> <cert_file>
 //	    roots         <element> [<element>...]
-//	    allow_sha1
+//	    allow_sha1    [on|off]
 //	    ignore_expiry
 //	    max_size      <size>
 //	    cache_size    <size>
@@ -56,7 +56,13 @@ func (g *PolicyGuard) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			g.SigningKeyFile, g.SigningCertFile = args[0], args[1]
 		case "allow_sha1":
-			g.AllowSHA1, err = true, caddyarg.None(d)
+			// Alone, or on/off so an environment variable can switch it.
+			g.AllowSHA1 = true
+			if d.CountRemainingArgs() > 0 {
+				var off bool
+				off, err = caddyarg.Off(d)
+				g.AllowSHA1 = !off
+			}
 		case "ignore_expiry":
 			g.IgnoreExpiry, err = true, caddyarg.None(d)
 		case "max_size":

@@ -36,7 +36,8 @@ rotation window, so the manager's certificate can change without orphaning a
 client. It is Caddy with its standard modules plus legacygate's, configured
 with a Caddyfile; Caddy's commands below work as in Caddy.`
 
-const rootExample = `  $ legacygate run --config Caddyfile
+const rootExample = `  $ legacygate init --manager 10.0.0.5:443 --manager-key server.key --site sepm.example.com
+  $ legacygate run --config Caddyfile
   $ legacygate reload --config Caddyfile
   $ legacygate pin sepm.example.internal:8443
   $ legacygate rotation status --address localhost:2019`

@@ -45,7 +45,7 @@ func section(help, heading string) []string {
 
 // ownCommands are the commands this module registers; each must show up
 // in legacygate's group.
-var ownCommands = []string{"pin", "policy", "rewrite", "rotation"}
+var ownCommands = []string{"init", "pin", "policy", "rewrite", "rotation"}
 
 func TestHelpDescribesLegacygateAndListsItsCommandsFirst(t *testing.T) {
 	for _, args := range [][]string{nil, {"help"}, {"--help"}, {"-h"}} {
@@ -354,7 +354,7 @@ func TestBuiltBinaryPresentsLegacygate(t *testing.T) {
 		code int
 		want string
 	}{
-		{nil, 0, "legacygate commands:\n  pin "},
+		{nil, 0, "legacygate commands:\n  init "},
 		{[]string{"version"}, 0, "legacygate v0.0.0-cli-test\nCaddy v2."},
 		{[]string{"pin", "--help"}, 0, "Usage:\n  legacygate pin "},
 		{[]string{"upgrade"}, 1, "legacygate upgrade is not available"},

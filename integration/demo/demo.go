@@ -121,6 +121,9 @@ func (d *demo) loadGateway() error {
 func (d *demo) sepmVars(addr, pins string, certs ...string) map[string]string {
 	return map[string]string{
 		"LEGACYGATE_SITE":         "127.0.0.1:" + strconv.Itoa(d.gwPort),
+		"LEGACYGATE_SITE_HOST":    "127.0.0.1",
+		"LEGACYGATE_SITE_PORT":    strconv.Itoa(d.gwPort),
+		"LEGACYGATE_ERROR_LOG":    quote(filepath.Join(d.dir, "gateway-errors.log")),
 		"LEGACYGATE_BIND":         "127.0.0.1",
 		"SEPM_MANAGER":            addr,
 		"SEPM_PIN":                pins,
