@@ -115,9 +115,6 @@ type redisConn struct {
 // provision checks the settings, connects and returns the zone's key seed.
 func (c *HeartbeatCluster) provision(ctx caddy.Context, h *HeartbeatLimit) ([limiter.SeedSize]byte, error) {
 	var seed [limiter.SeedSize]byte
-	if h.Distributed != nil {
-		return seed, errors.New("cannot be combined with distributed (file storage): choose one")
-	}
 	if h.interval == 0 && h.globalInterval == 0 {
 		return seed, errors.New("needs rate or global_rate")
 	}
@@ -285,12 +282,14 @@ type exchange struct {
 	members   atomic.Int64
 	warmUntil atomic.Int64 // wall-clock Unix ns; the ceiling admits nothing before
 	lastID    string
+	highSeen  time.Time // when the live count in use was last seen
 	down      bool
 	synced    bool
 
-	running atomic.Bool
-	stop    chan struct{}
-	done    chan struct{}
+	running  atomic.Bool
+	stopOnce sync.Once
+	stop     chan struct{}
+	done     chan struct{}
 }
 
 // attachCluster takes (or builds) the exchange of h's state and starts
@@ -433,7 +432,13 @@ func (ex *exchange) run() {
 
 // Destruct stops the exchange and leaves the membership, so the others
 // re-balance at once instead of after instance_ttl.
+// It may be called more than once.
 func (ex *exchange) Destruct() error {
+	first := false
+	ex.stopOnce.Do(func() { first = true })
+	if !first {
+		return nil
+	}
 	close(ex.stop)
 	if ex.running.Load() {
 		<-ex.done
@@ -580,6 +585,9 @@ func (ex *exchange) failed(err error, taken []takenSpend) {
 		ex.journal.Restore(t.key, t.sp)
 	}
 	ex.metrics.failures.Inc()
+	// The last known count holds through the outage and for instance_ttl
+	// after it, while the membership (maybe wiped) fills again.
+	ex.highSeen = time.Now()
 	if !ex.down {
 		ex.down = true
 		ex.logger.Warn("heartbeat_limit cluster: Redis unreachable; deciding locally at the last known share until it returns",
@@ -601,7 +609,16 @@ func (ex *exchange) recovered(wasLive bool, live int64) {
 		ex.logger.Info("heartbeat_limit cluster: Redis reachable again; exchange resumed",
 			zap.String("prefix", ex.prefix), zap.Int64("live_instances", live))
 	}
-	ex.setMembers(live)
+	// More instances take effect at once (a smaller share); fewer only once
+	// the larger count has not been seen for instance_ttl, so that a
+	// membership wiped with Redis's memory, or an exchange that raced a
+	// join, never raises the share before the others could have lowered
+	// theirs.
+	now := time.Now()
+	if live >= ex.members.Load() || now.Sub(ex.highSeen) >= ex.ttl {
+		ex.highSeen = now
+		ex.setMembers(live)
+	}
 	lastMembers.Store(ex.prefix, ex.members.Load())
 }
 

@@ -193,6 +193,9 @@ func (h *HeartbeatLimit) Provision(ctx caddy.Context) error {
 	if err := h.provisionZone(); err != nil {
 		return err
 	}
+	if h.Distributed != nil && h.Cluster != nil {
+		return errors.New("cluster: cannot be combined with distributed (file storage): choose one")
+	}
 	if h.Distributed != nil {
 		var err error
 		if h.seed, err = h.Distributed.provision(ctx, h); err != nil {
