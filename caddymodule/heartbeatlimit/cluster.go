@@ -263,6 +263,7 @@ var lastMembers sync.Map // key prefix → int64
 // exchange is the background work of one clustered limiter state.
 type exchange struct {
 	prefix         string
+	seed           [limiter.SeedSize]byte
 	instance       string
 	interval       time.Duration
 	ttl            time.Duration
@@ -337,6 +338,7 @@ func newExchange(h *HeartbeatLimit, st *state) *exchange {
 	c := h.Cluster
 	ex := &exchange{
 		prefix:         c.prefix,
+		seed:           h.seed,
 		instance:       st.instance,
 		interval:       time.Duration(c.Interval),
 		ttl:            time.Duration(c.InstanceTTL),
@@ -489,6 +491,9 @@ func (ex *exchange) sync() {
 	}
 	pipe := client.Pipeline()
 	member := membership.Eval(ctx, pipe, []string{ex.prefix + "members"}, ex.instance, ex.ttl.Milliseconds())
+	// A Redis that lost its memory gets the zone's seed back, so that an
+	// instance starting after it hashes clients as the running ones do.
+	pipe.SetNX(ctx, ex.prefix+"seed", ex.seed[:], 0)
 	minID := strconv.FormatInt(now.Add(-ex.retention).UnixMilli(), 10)
 	for _, rec := range ex.encode(taken, now) {
 		pipe.XAdd(ctx, &redis.XAddArgs{

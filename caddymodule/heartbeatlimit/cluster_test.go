@@ -249,6 +249,11 @@ func TestHeartbeatClusterRedisOutageKeepsDecidingLogsOnceAndResyncs(t *testing.T
 	if got := logs.FilterMessageSnippet("Redis reachable again").Len(); got != 1 {
 		t.Fatalf("%d recovery log lines, want 1", got)
 	}
+	probe := redis.NewClient(&redis.Options{Addr: s.Addr})
+	defer probe.Close()
+	if seed, err := probe.Get(context.Background(), a.prefix+"seed").Bytes(); err != nil || string(seed) != string(a.seed[:]) {
+		t.Fatalf("the zone's seed after the wipe: %x, %v; want it written back", seed, err)
+	}
 	for _, k := range hashes {
 		for range 2 {
 			if ok, _ := b.perClient.Allow(k); !ok {
