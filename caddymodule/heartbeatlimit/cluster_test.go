@@ -74,7 +74,13 @@ func TestHeartbeatClusterBurstSpentAtOneInstanceIsRefusedAtTheOthers(t *testing.
 
 // testExchange builds an exchange for a limiter of its own, as one gateway
 // of a cluster would hold; the test drives its sync by hand.
-func testExchange(t *testing.T, addr, prefix, instance string, global time.Duration, logger *zap.Logger) *exchange {
+func testExchange(t testing.TB, addr, prefix, instance string, global time.Duration, logger *zap.Logger) *exchange {
+	t.Helper()
+	return testExchangeOf(t, addr, prefix, instance, global, 1000, logger)
+}
+
+// testExchangeOf is testExchange for a limiter of maxClients keys.
+func testExchangeOf(t testing.TB, addr, prefix, instance string, global time.Duration, maxClients int, logger *zap.Logger) *exchange {
 	t.Helper()
 	c := &HeartbeatCluster{Address: addr, Interval: caddy.Duration(200 * time.Millisecond), InstanceTTL: caddy.Duration(600 * time.Millisecond), Timeout: caddy.Duration(500 * time.Millisecond)}
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
@@ -83,7 +89,7 @@ func testExchange(t *testing.T, addr, prefix, instance string, global time.Durat
 		t.Fatal(err)
 	}
 	c.prefix = prefix + ":heartbeat_limit:default:"
-	per, err := limiter.New(limiter.Config{Interval: time.Minute, Burst: 3, MaxKeys: 1000})
+	per, err := limiter.New(limiter.Config{Interval: time.Minute, Burst: 3, MaxKeys: maxClients})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,7 +103,7 @@ func testExchange(t *testing.T, addr, prefix, instance string, global time.Durat
 		members:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "members"}),
 		share:    prometheus.NewGauge(prometheus.GaugeOpts{Name: prefix}),
 	}
-	h := &HeartbeatLimit{Cluster: c, interval: time.Minute, Burst: 3, MaxClients: 1000, globalInterval: global, logger: logger, clusterCounts: counts}
+	h := &HeartbeatLimit{Cluster: c, interval: time.Minute, Burst: 3, MaxClients: maxClients, globalInterval: global, logger: logger, clusterCounts: counts}
 	ex := newExchange(h, &state{perClient: per, ceiling: ceiling, instance: instance})
 	ex.clients = append(ex.clients, c.conn)
 	t.Cleanup(func() { _ = ex.Destruct(); c.close() })
