@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -194,6 +195,28 @@ func TestClusterCeilingHoldsAcrossThreeGatewaysAndARedisRestart(t *testing.T) {
 		}
 		if n := strings.Count(logs, "Redis reachable again"); n != 1 {
 			t.Errorf("gateway %c logged the recovery %d times, want once", 'A'+i, n)
+		}
+	}
+}
+
+func TestClusterExampleAdaptsOnACleanMachine(t *testing.T) {
+	for _, name := range []string{"LEGACYGATE_SITE", "LEGACYGATE_LB", "LEGACYGATE_REDIS", "SEPM_MANAGER", "SEPM_PIN", "SEPM_CERT"} {
+		t.Setenv(name, "")
+		os.Unsetenv(name)
+	}
+	stdout, stderr, err := harness.Run(t, "adapt", "--config", flavorExample(t, "cluster"))
+	if err != nil {
+		t.Fatalf("adapt: %v\n%s", err, stderr)
+	}
+	if strings.Contains(stderr, `"level":"warn"`) {
+		t.Errorf("adapt warned:\n%s", stderr)
+	}
+	for _, want := range []string{
+		`"cluster":{"address":"10.0.0.9:6379","instance_ttl":3000000000,"interval":1000000000,"key_prefix":"legacygate","password":"{env.REDIS_PASSWORD}"}`,
+		`"global_rate":"200/1s"`, `"wrapper":"proxy_protocol"`, `"allow":["10.0.0.2/32"]`,
+	} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("adapted JSON lacks %s:\n%s", want, stdout)
 		}
 	}
 }
