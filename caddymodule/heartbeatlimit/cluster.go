@@ -139,6 +139,7 @@ func (c *HeartbeatCluster) provision(ctx caddy.Context, h *HeartbeatLimit) ([lim
 	if c.DB < 0 {
 		return seed, fmt.Errorf("db %d: must not be negative", c.DB)
 	}
+	quietRedis.Do(func() { redis.SetLogger(redisLogger{caddy.Log().Named("redis")}) })
 	if err := c.connect(ctx); err != nil {
 		return seed, err
 	}
@@ -211,6 +212,18 @@ var redisClients = caddy.NewUsagePool()
 type pooledClient struct{ redis.UniversalClient }
 
 func (p pooledClient) Destruct() error { return p.Close() }
+
+// quietRedis routes go-redis's own log lines (one per failed dial) to
+// zap at debug level: an outage is logged once, by the exchange.
+var quietRedis sync.Once
+
+type redisLogger struct{ l *zap.Logger }
+
+func (r redisLogger) Printf(_ context.Context, format string, v ...any) {
+	if ce := r.l.Check(zap.DebugLevel, "go-redis"); ce != nil {
+		ce.Write(zap.String("detail", fmt.Sprintf(format, v...)))
+	}
+}
 
 // close lets go of the client if this package opened it.
 func (c *HeartbeatCluster) close() {
@@ -609,11 +622,8 @@ func (ex *exchange) recovered(wasLive bool, live int64) {
 			ex.warmUntil.Store(0)
 		}
 	}
-	if ex.down {
-		ex.down = false
-		ex.logger.Info("heartbeat_limit cluster: Redis reachable again; exchange resumed",
-			zap.String("prefix", ex.prefix), zap.Int64("live_instances", live))
-	}
+	recovered := ex.down
+	ex.down = false
 	// More instances take effect at once (a smaller share); fewer only once
 	// the larger count has not been seen for instance_ttl, so that a
 	// membership wiped with Redis's memory, or an exchange that raced a
@@ -625,6 +635,11 @@ func (ex *exchange) recovered(wasLive bool, live int64) {
 		ex.setMembers(live)
 	}
 	lastMembers.Store(ex.prefix, ex.members.Load())
+	if recovered {
+		ex.logger.Info("heartbeat_limit cluster: Redis reachable again; exchange resumed",
+			zap.String("prefix", ex.prefix), zap.Int64("live_instances", ex.members.Load()),
+			zap.Int64("registered_now", live))
+	}
 }
 
 // clusterIdentity is the part of a limiter's lineage the cluster settings

@@ -190,6 +190,9 @@ func TestClusterCeilingHoldsAcrossThreeGatewaysAndARedisRestart(t *testing.T) {
 			t.Errorf("gateway %c counted %v failed exchanges during a %v outage", 'A'+i, f, run/3)
 		}
 		logs := g.Logs()
+		if strings.Contains(logs, "connection pool") {
+			t.Errorf("gateway %c let go-redis log each failed dial:\n%s", 'A'+i, logs)
+		}
 		if n := strings.Count(logs, "Redis unreachable"); n != 1 {
 			t.Errorf("gateway %c logged the outage %d times, want once", 'A'+i, n)
 		}
