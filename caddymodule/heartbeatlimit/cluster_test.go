@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/certmagic"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -343,4 +345,59 @@ func TestHeartbeatClusterWithoutAddressUsesTheStorageRedisClient(t *testing.T) {
 		n, err := probe.ZCard(context.Background(), "fromstorage:heartbeat_limit:default:members").Result()
 		return err == nil && n == 1
 	})
+}
+
+// BenchmarkHeartbeatLimitServeHTTPCluster is BenchmarkHeartbeatLimitServeHTTP
+// in cluster mode: the allowed path also notes the spend in the journal
+// (the exchange with Redis runs in the background).
+//
+//	go test -run '^$' -bench ServeHTTP ./caddymodule/heartbeatlimit/
+func BenchmarkHeartbeatLimitServeHTTPCluster(b *testing.B) {
+	s := redislab.Start(b, redislab.Options{})
+	h := new(HeartbeatLimit)
+	if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(fmt.Sprintf("heartbeat_limit {\n key {http.request.uri.query.hostid} {http.vars.client_ip}\n rate 1000000000/1s\n burst 1000000000\n cluster redis {\n address %s\n key_prefix %s\n }\n}", s.Addr, uniquePrefix("bench")))); err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	if err := h.Provision(ctx); err != nil {
+		b.Fatal(err)
+	}
+	defer h.Cleanup()
+	r := heartbeatRequest("GET", "/secars/secars.dll?action=index&hostid=0A1B2C3D", "203.0.113.5", "")
+	w := discardResponse{header: http.Header{}}
+	next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })
+	b.ReportAllocs()
+	for b.Loop() {
+		_ = h.ServeHTTP(w, r, next)
+	}
+}
+
+func TestHeartbeatClusterCaddyfileSetsEveryField(t *testing.T) {
+	h := new(HeartbeatLimit)
+	err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(`heartbeat_limit {
+	rate 1/60s
+	cluster redis {
+		address redis.internal:6380
+		username gw
+		password {env.REDIS_PASSWORD}
+		db 2
+		key_prefix lg
+		tls
+		timeout 3s
+		interval 500ms
+		instance_ttl 2s
+	}
+}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := HeartbeatCluster{
+		Address: "redis.internal:6380", Username: "gw", Password: "{env.REDIS_PASSWORD}", DB: 2,
+		KeyPrefix: "lg", TLS: true, Timeout: caddy.Duration(3 * time.Second),
+		Interval: caddy.Duration(500 * time.Millisecond), InstanceTTL: caddy.Duration(2 * time.Second),
+	}
+	if h.Cluster == nil || *h.Cluster != want {
+		t.Fatalf("cluster = %+v, want %+v", h.Cluster, want)
+	}
 }
