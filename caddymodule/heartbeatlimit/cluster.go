@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"strconv"
 	"sync"
@@ -582,18 +583,32 @@ func (ex *exchange) apply(read *redis.XStreamSliceCmd) int {
 		}
 		sent, err := strconv.ParseInt(fmt.Sprint(m.Values["t"]), 10, 64)
 		data, ok := m.Values["d"].(string)
-		if err != nil || !ok || len(data)%recordEntry != 0 {
+		if err != nil || !ok || sent < 0 || sent > math.MaxInt64/int64(time.Millisecond) {
 			continue
 		}
 		base := sent*int64(time.Millisecond) - ex.epoch
-		for rest := data; len(rest) > 0; rest = rest[recordEntry:] {
-			key := binary.LittleEndian.Uint64([]byte(rest[:8]))
-			tokens := int(rest[8])
-			age := int64(binary.LittleEndian.Uint32([]byte(rest[9:13]))) * int64(time.Millisecond)
-			ex.perClient.Charge(key, tokens, base-age)
-		}
+		decodeSpends(data, func(key uint64, tokens int, age time.Duration) {
+			ex.perClient.Charge(key, tokens, base-int64(age))
+		})
 	}
 	return len(msgs)
+}
+
+// decodeSpends hands each entry of a record laid out by encode to fn, and
+// reports whether the record was well formed; a malformed or oversized one
+// (anyone who can write to the Redis can write to the stream) is ignored
+// whole.
+func decodeSpends(data string, fn func(key uint64, tokens int, age time.Duration)) bool {
+	if len(data)%recordEntry != 0 || len(data) > recordMaxEntries*recordEntry {
+		return false
+	}
+	for rest := data; len(rest) > 0; rest = rest[recordEntry:] {
+		key := binary.LittleEndian.Uint64([]byte(rest[:8]))
+		tokens := int(rest[8])
+		age := time.Duration(binary.LittleEndian.Uint32([]byte(rest[9:13]))) * time.Millisecond
+		fn(key, tokens, age)
+	}
+	return true
 }
 
 // failed keeps what could not be pushed, counts the failure and logs the

@@ -401,3 +401,59 @@ func TestHeartbeatClusterCaddyfileSetsEveryField(t *testing.T) {
 		t.Fatalf("cluster = %+v, want %+v", h.Cluster, want)
 	}
 }
+
+func TestHeartbeatClusterSpendRecordsRoundTrip(t *testing.T) {
+	per, err := limiter.New(limiter.Config{Interval: time.Minute, Burst: 3, MaxKeys: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ex := &exchange{perClient: per}
+	now := per.Now()
+	taken := []takenSpend{
+		{1, limiter.Spend{Tokens: 1, Last: now}},
+		{0xFFFFFFFFFFFFFFFF, limiter.Spend{Tokens: 300, Last: now - int64(1500*time.Millisecond)}},
+	}
+	recs := ex.encode(taken, time.Now())
+	if len(recs) != 1 || len(recs[0]) != 2*recordEntry {
+		t.Fatalf("records %d, want one of %d bytes", len(recs), 2*recordEntry)
+	}
+	type got struct {
+		key    uint64
+		tokens int
+		age    time.Duration
+	}
+	var entries []got
+	if !decodeSpends(string(recs[0]), func(k uint64, n int, age time.Duration) { entries = append(entries, got{k, n, age}) }) {
+		t.Fatal("a record encode wrote did not decode")
+	}
+	want := []got{{1, 1, 0}, {0xFFFFFFFFFFFFFFFF, 255, 1500 * time.Millisecond}}
+	if len(entries) != 2 || entries[0] != want[0] || entries[1].key != want[1].key || entries[1].tokens != 255 || entries[1].age < 1500*time.Millisecond || entries[1].age > 1600*time.Millisecond {
+		t.Fatalf("decoded %v, want about %v", entries, want)
+	}
+	for _, bad := range []string{"x", string(recs[0][:recordEntry+1]), strings.Repeat("\x00", (recordMaxEntries+1)*recordEntry)} {
+		if decodeSpends(bad, func(uint64, int, time.Duration) { t.Fatal("an entry of a malformed record was used") }) {
+			t.Fatalf("a record of %d bytes was accepted", len(bad))
+		}
+	}
+}
+
+func FuzzDecodeSpends(f *testing.F) {
+	f.Add("")
+	f.Add(strings.Repeat("\x01", recordEntry))
+	f.Add(strings.Repeat("\xff", 2*recordEntry+3))
+	f.Fuzz(func(t *testing.T, data string) {
+		n := 0
+		ok := decodeSpends(data, func(_ uint64, tokens int, age time.Duration) {
+			n++
+			if tokens < 0 || tokens > 255 || age < 0 {
+				t.Fatalf("entry out of range: %d tokens, age %v", tokens, age)
+			}
+		})
+		if ok != (len(data)%recordEntry == 0 && len(data) <= recordMaxEntries*recordEntry) {
+			t.Fatalf("accepted %v for %d bytes", ok, len(data))
+		}
+		if ok && n != len(data)/recordEntry {
+			t.Fatalf("%d entries from %d bytes", n, len(data))
+		}
+	})
+}
