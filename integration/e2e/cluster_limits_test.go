@@ -6,6 +6,8 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -222,4 +224,34 @@ func TestClusterExampleAdaptsOnACleanMachine(t *testing.T) {
 			t.Errorf("adapted JSON lacks %s:\n%s", want, stdout)
 		}
 	}
+}
+
+func TestClusterHAProxyExampleIsValid(t *testing.T) {
+	bin, err := exec.LookPath("haproxy")
+	if err != nil {
+		bin, err = exec.LookPath("/usr/sbin/haproxy")
+	}
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("haproxy is not installed (apt-get install -y haproxy)")
+		}
+		t.Skip("haproxy is not installed")
+	}
+	cfg := filepath.Join(filepath.Dir(flavorExample(t, "cluster")), "haproxy-cluster.cfg")
+	out, err := exec.Command(bin, "-c", "-f", cfg).CombinedOutput()
+	if err != nil {
+		t.Fatalf("haproxy -c -f %s: %v\n%s", cfg, err, out)
+	}
+	if !strings.Contains(mustRead(t, cfg), "send-proxy-v2") {
+		t.Fatal("the example does not send the PROXY protocol the example Caddyfile expects")
+	}
+}
+
+func mustRead(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
