@@ -31,7 +31,10 @@ import (
 //	        purge_age <duration>
 //	        storage   <module> { … }
 //	    }
+//	    cluster redis { … }
 //	}
+//
+// cluster redis is described at HeartbeatCluster's unmarshalCaddyfile.
 //
 // key values are ASCII upper-cased before hashing: SEPM host ids are hex
 // digits or GUIDs, so folding merges only one client's own case variants
@@ -96,6 +99,9 @@ func (h *HeartbeatLimit) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "distributed":
 			h.Distributed = new(HeartbeatDistributed)
 			err = h.Distributed.unmarshalCaddyfile(d)
+		case "cluster":
+			h.Cluster = new(HeartbeatCluster)
+			err = h.Cluster.unmarshalCaddyfile(d)
 		default:
 			return d.Errf("heartbeat_limit: unknown subdirective %q", d.Val())
 		}

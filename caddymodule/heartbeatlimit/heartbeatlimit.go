@@ -129,6 +129,11 @@ type HeartbeatLimit struct {
 	// clients together.
 	Distributed *HeartbeatDistributed `json:"distributed,omitempty"`
 
+	// Cluster, when set, makes instances that share a Redis act as one
+	// limiter: shared per-client buckets and global_rate as the cluster's
+	// ceiling (see HeartbeatCluster). It excludes distributed.
+	Cluster *HeartbeatCluster `json:"cluster,omitempty"`
+
 	parts          []keyPart
 	interval       time.Duration
 	globalInterval time.Duration
@@ -146,6 +151,8 @@ type HeartbeatLimit struct {
 	queue          prometheus.Gauge
 	stop           chan struct{}
 	maintenance    *sync.WaitGroup
+	exchange       *exchange
+	clusterCounts  clusterCounters
 }
 
 // CaddyModule returns the Caddy module information.
@@ -186,10 +193,19 @@ func (h *HeartbeatLimit) Provision(ctx caddy.Context) error {
 	if err := h.provisionZone(); err != nil {
 		return err
 	}
+	if h.Distributed != nil && h.Cluster != nil {
+		return errors.New("cluster: cannot be combined with distributed (file storage): choose one")
+	}
 	if h.Distributed != nil {
 		var err error
 		if h.seed, err = h.Distributed.provision(ctx, h); err != nil {
 			return fmt.Errorf("distributed: %w", err)
+		}
+	}
+	if h.Cluster != nil {
+		var err error
+		if h.seed, err = h.Cluster.provision(ctx, h); err != nil {
+			return fmt.Errorf("cluster: %w", err)
 		}
 	}
 	if err := h.provisionState(); err != nil {
@@ -347,6 +363,9 @@ func (h *HeartbeatLimit) Cleanup() error {
 		h.maintenance.Wait()
 		h.stop = nil
 	}
+	if h.Cluster != nil {
+		h.detachCluster()
+	}
 	if h.poolKey == "" {
 		return nil
 	}
@@ -396,6 +415,7 @@ type lineageID struct {
 	Key         []string        `json:"key"`
 	XMLBody     string          `json:"xml_body"`
 	Distributed json.RawMessage `json:"distributed,omitempty"`
+	Cluster     json.RawMessage `json:"cluster,omitempty"`
 	Seed        []byte          `json:"seed,omitempty"`
 }
 
@@ -416,6 +436,12 @@ func (h *HeartbeatLimit) identity() (lineage, key string, err error) {
 	if h.Distributed != nil {
 		if l.Distributed, err = json.Marshal(h.Distributed); err != nil {
 			return "", "", fmt.Errorf("distributed: %w", err)
+		}
+		l.Seed = h.seed[:]
+	}
+	if h.Cluster != nil {
+		if l.Cluster, err = h.Cluster.identity(); err != nil {
+			return "", "", fmt.Errorf("cluster: %w", err)
 		}
 		l.Seed = h.seed[:]
 	}
@@ -453,6 +479,9 @@ func (h *HeartbeatLimit) provisionState() error {
 	if h.Distributed != nil {
 		h.Distributed.attach(st.perClient, st.instance)
 	}
+	if h.Cluster != nil {
+		return h.attachCluster(st)
+	}
 	return nil
 }
 
@@ -476,7 +505,7 @@ func (h *HeartbeatLimit) newState(lineage string) (caddy.Destructor, error) {
 		s.hasher, s.instance = prev.hasher, prev.instance
 	} else {
 		seed, instance := h.seed, limiter.RandomSeed()
-		if h.Distributed == nil {
+		if h.Distributed == nil && h.Cluster == nil {
 			seed = limiter.RandomSeed()
 		}
 		s.hasher, s.instance = limiter.NewHasher(seed), fmt.Sprintf("%x", instance[:8])
@@ -581,6 +610,12 @@ func (h *HeartbeatLimit) ServeHTTP(w http.ResponseWriter, r *http.Request, next 
 		}
 	}
 	if h.ceiling != nil {
+		if h.exchange != nil {
+			if warming, left := h.exchange.warming(); warming {
+				h.refund(key)
+				return h.reject(w, r, reasonGlobal, left)
+			}
+		}
 		ok, wait := h.ceiling.Reserve()
 		if !ok {
 			h.refund(key)
@@ -612,12 +647,22 @@ func (h *HeartbeatLimit) ServeHTTP(w http.ResponseWriter, r *http.Request, next 
 func (h *HeartbeatLimit) refund(key uint64) {
 	if h.perClient != nil {
 		h.perClient.Refund(key)
+		if h.exchange != nil {
+			h.exchange.refunded(key)
+		}
 	}
 }
 
 func (h *HeartbeatLimit) allow(key uint64) (bool, time.Duration) {
 	if h.Distributed != nil {
 		return h.perClient.AllowShared(key, h.Distributed.shared(key))
+	}
+	if h.exchange != nil {
+		ok, retry := h.perClient.Allow(key)
+		if ok {
+			h.exchange.spent(key)
+		}
+		return ok, retry
 	}
 	return h.perClient.Allow(key)
 }

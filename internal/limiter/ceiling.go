@@ -15,7 +15,7 @@ import (
 // is refused rather than sent together with later ones.
 // Reservations are bounded by maxWait/interval+1, and so are waiters.
 type Ceiling struct {
-	interval int64
+	interval atomic.Int64 // SetInterval re-balances a cluster's share
 	maxWait  int64
 	clock    func() int64
 	next     atomic.Int64 // the next free slot on the clock's scale
@@ -35,7 +35,9 @@ func NewCeiling(interval, maxWait time.Duration, clock func() int64) (*Ceiling, 
 		start := time.Now()
 		clock = func() int64 { return int64(time.Since(start)) }
 	}
-	return &Ceiling{interval: int64(interval), maxWait: int64(maxWait), clock: clock}, nil
+	c := &Ceiling{maxWait: int64(maxWait), clock: clock}
+	c.interval.Store(int64(interval))
+	return c, nil
 }
 
 // Reserve claims the next free slot. When the slot is within maxWait it
@@ -51,7 +53,7 @@ func (c *Ceiling) Reserve() (bool, time.Duration) {
 		if wait > c.maxWait {
 			return false, time.Duration(wait)
 		}
-		if c.next.CompareAndSwap(next, start+c.interval) {
+		if c.next.CompareAndSwap(next, start+c.interval.Load()) {
 			return true, time.Duration(wait)
 		}
 	}
@@ -82,7 +84,7 @@ func (c *Ceiling) Wait(d time.Duration, done <-chan struct{}) error {
 	case <-done:
 		return ErrGone
 	}
-	if c.clock()-deadline > max(c.interval, int64(time.Millisecond)) {
+	if c.clock()-deadline > max(c.interval.Load(), int64(time.Millisecond)) {
 		return ErrLate
 	}
 	return nil
@@ -100,4 +102,4 @@ func (c *Ceiling) Carry(prev *Ceiling) {
 }
 
 // Interval returns the spacing between admissions.
-func (c *Ceiling) Interval() time.Duration { return time.Duration(c.interval) }
+func (c *Ceiling) Interval() time.Duration { return time.Duration(c.interval.Load()) }
