@@ -129,6 +129,17 @@ type HeartbeatLimit struct {
 	// clients together.
 	Distributed *HeartbeatDistributed `json:"distributed,omitempty"`
 
+	// KCS, when set (and not "off"), is the Kcs of the site's SyLink.xml:
+	// SEPM-style opaque queries (?h=) are decoded with it, only index
+	// requests are limited, and {sepm.hostid} is their host id (sepm.go).
+	KCS string `json:"kcs,omitempty"`
+
+	// LastIndex, when above zero, answers a limited heartbeat with the
+	// last index the manager gave its key (200, "nothing changed")
+	// instead of the rejection, remembering at most this many keys
+	// (lastindex.go).
+	LastIndex int `json:"last_index,omitempty"`
+
 	parts          []keyPart
 	interval       time.Duration
 	globalInterval time.Duration
@@ -146,6 +157,8 @@ type HeartbeatLimit struct {
 	queue          prometheus.Gauge
 	stop           chan struct{}
 	maintenance    *sync.WaitGroup
+	sepm           *sepmReader
+	lastIndex      *indexCache
 }
 
 // CaddyModule returns the Caddy module information.
@@ -181,6 +194,12 @@ func (h *HeartbeatLimit) Provision(ctx caddy.Context) error {
 		return err
 	}
 	if err := h.provisionRejection(); err != nil {
+		return err
+	}
+	if err := h.provisionSEPM(ctx); err != nil {
+		return err
+	}
+	if err := h.provisionLastIndex(ctx); err != nil {
 		return err
 	}
 	if err := h.provisionZone(); err != nil {
@@ -566,6 +585,15 @@ func (s *state) Destruct() error {
 // ServeHTTP passes the request on if its client's bucket and the global
 // ceiling allow it, and answers a rejection otherwise.
 func (h *HeartbeatLimit) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if h.sepm != nil {
+		beat, err := h.sepm.heartbeat(r)
+		if err != nil {
+			return h.refuse(w, r, err)
+		}
+		if !beat {
+			return next.ServeHTTP(w, r)
+		}
+	}
 	key, keyed, err := h.clientKey(r)
 	if err != nil {
 		return h.refuse(w, r, err)
@@ -577,14 +605,14 @@ func (h *HeartbeatLimit) ServeHTTP(w http.ResponseWriter, r *http.Request, next 
 			if !keyed {
 				reason = reasonFallback
 			}
-			return h.reject(w, r, reason, retry)
+			return h.limited(w, r, key, reason, retry)
 		}
 	}
 	if h.ceiling != nil {
 		ok, wait := h.ceiling.Reserve()
 		if !ok {
 			h.refund(key)
-			return h.reject(w, r, reasonGlobal, wait-time.Duration(*h.MaxWait))
+			return h.limited(w, r, key, reasonGlobal, wait-time.Duration(*h.MaxWait))
 		}
 		if wait > 0 {
 			h.queue.Inc()
@@ -595,7 +623,7 @@ func (h *HeartbeatLimit) ServeHTTP(w http.ResponseWriter, r *http.Request, next 
 			}
 			if err != nil {
 				h.refund(key)
-				return h.reject(w, r, reasonGlobal, h.ceiling.Interval())
+				return h.limited(w, r, key, reasonGlobal, h.ceiling.Interval())
 			}
 		}
 	}
@@ -604,7 +632,7 @@ func (h *HeartbeatLimit) ServeHTTP(w http.ResponseWriter, r *http.Request, next 
 	} else {
 		h.counts.allowedFallback.Inc()
 	}
-	return next.ServeHTTP(w, r)
+	return h.pass(w, r, key, keyed, next)
 }
 
 // refund gives back the token a request took from its client's bucket

@@ -1,0 +1,215 @@
+package heartbeatlimit
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/legacygate/legacygate/caddymodule/internal/metrics"
+	"github.com/legacygate/legacygate/internal/xmlscan"
+)
+
+// Limits of the last-index cache.
+const (
+	maxIndexBody     = 64 << 10 // a SEPM index is about 300 bytes; a few KB with many profiles
+	maxDistinctIndex = 4096     // distinct bodies shared between keys
+	defaultIndexRoot = "Index"
+)
+
+// Outcomes of the last-index cache, the values of
+// legacygate_heartbeat_limit_last_index_total's outcome label.
+const (
+	lastIndexServed  = "served"  // a limited heartbeat got its key's last index, 200
+	lastIndexMissing = "missing" // a limited heartbeat had none: the usual rejection
+	lastIndexStored  = "stored"  // an index answer was remembered
+)
+
+var lastIndexAnswers = prometheus.NewCounterVec(prometheus.CounterOpts{
+	Namespace: "legacygate", Subsystem: "heartbeat_limit", Name: "last_index_total",
+	Help: "The last-index answer to limited heartbeats, by outcome (served, missing, stored).",
+}, []string{"outcome"})
+
+// indexAnswer is one remembered index document.
+type indexAnswer struct {
+	body        []byte
+	contentType string
+}
+
+// indexCache remembers, per client key, the last index the manager
+// answered, so that a limited heartbeat is told "nothing changed" (200,
+// that index) instead of an error, which would send a SEP client into an
+// accelerated heartbeat (KB 177654). At most max keys are kept, the
+// oldest inserted evicted first; bodies are shared between keys that got
+// the same bytes, at most maxDistinctIndex of them (the table starts over
+// when full, which costs sharing only), each at most maxIndexBody.
+type indexCache struct {
+	mu     sync.Mutex
+	max    int
+	root   []byte
+	keys   map[uint64]*indexAnswer
+	ring   []uint64 // insertion order, for eviction
+	next   int
+	bodies map[[sha256.Size]byte]*indexAnswer
+
+	served, missing, stored prometheus.Counter
+}
+
+func (h *HeartbeatLimit) provisionLastIndex(ctx caddy.Context) error {
+	if h.LastIndex == 0 {
+		return nil
+	}
+	if h.LastIndex < 0 || h.LastIndex > 10_000_000 {
+		return fmt.Errorf("last_index %d: want a number of clients from 1 to 10000000", h.LastIndex)
+	}
+	c, err := metrics.Register(ctx.GetMetricsRegistry(), lastIndexAnswers)
+	if err != nil {
+		return err
+	}
+	h.lastIndex = &indexCache{
+		max:     h.LastIndex,
+		root:    []byte(defaultIndexRoot),
+		keys:    make(map[uint64]*indexAnswer),
+		bodies:  make(map[[sha256.Size]byte]*indexAnswer),
+		served:  c.WithLabelValues(lastIndexServed),
+		missing: c.WithLabelValues(lastIndexMissing),
+		stored:  c.WithLabelValues(lastIndexStored),
+	}
+	return nil
+}
+
+func (c *indexCache) get(key uint64) *indexAnswer {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.keys[key]
+}
+
+// put remembers body as key's last index if it is one: an XML document
+// whose root element is Index.
+func (c *indexCache) put(key uint64, body []byte, contentType string) {
+	if root, err := xmlscan.Root(body); err != nil || !bytes.Equal(root, c.root) {
+		return
+	}
+	sum := sha256.Sum256(body)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	a := c.bodies[sum]
+	if a == nil || a.contentType != contentType {
+		if len(c.bodies) >= maxDistinctIndex {
+			clear(c.bodies)
+		}
+		a = &indexAnswer{body: bytes.Clone(body), contentType: contentType}
+		c.bodies[sum] = a
+	}
+	c.stored.Inc()
+	if _, ok := c.keys[key]; ok {
+		c.keys[key] = a
+		return
+	}
+	if len(c.ring) < c.max {
+		c.ring = append(c.ring, key)
+	} else {
+		delete(c.keys, c.ring[c.next])
+		c.ring[c.next] = key
+		c.next = (c.next + 1) % c.max
+	}
+	c.keys[key] = a
+}
+
+// limited answers a limited heartbeat: with the client's last index when
+// last_index is on and one is remembered, else with the configured
+// rejection.
+func (h *HeartbeatLimit) limited(w http.ResponseWriter, r *http.Request, key uint64, reason string, delay time.Duration) error {
+	if h.lastIndex == nil || reason == reasonFallback {
+		return h.reject(w, r, reason, delay)
+	}
+	a := h.lastIndex.get(key)
+	if a == nil {
+		h.lastIndex.missing.Inc()
+		return h.reject(w, r, reason, delay)
+	}
+	switch reason {
+	case reasonPerClient:
+		h.counts.limitedPerClient.Inc()
+	default:
+		h.counts.limitedGlobal.Inc()
+	}
+	h.lastIndex.served.Inc()
+	if ce := h.logger.Check(zap.DebugLevel, "heartbeat limited: answered with the last index"); ce != nil {
+		ce.Write(zap.String("reason", reason), zap.String("remote", r.RemoteAddr))
+	}
+	hdr := w.Header()
+	if a.contentType != "" {
+		hdr.Set("Content-Type", a.contentType)
+	}
+	hdr.Set("Content-Length", strconv.Itoa(len(a.body)))
+	hdr.Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+	_, err := w.Write(a.body)
+	return err
+}
+
+// pass sends an allowed heartbeat on, remembering the answer as the key's
+// last index when last_index is on.
+func (h *HeartbeatLimit) pass(w http.ResponseWriter, r *http.Request, key uint64, keyed bool, next caddyhttp.Handler) error {
+	if h.lastIndex == nil || !keyed {
+		return next.ServeHTTP(w, r)
+	}
+	rec := &indexRecorder{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}}
+	err := next.ServeHTTP(rec, r)
+	if err == nil && rec.status == http.StatusOK && !rec.over {
+		h.lastIndex.put(key, rec.buf.Bytes(), rec.contentType)
+	}
+	return err
+}
+
+// indexRecorder passes an answer through and keeps a copy of its first
+// maxIndexBody bytes.
+type indexRecorder struct {
+	*caddyhttp.ResponseWriterWrapper
+	status      int
+	contentType string
+	buf         bytes.Buffer
+	over        bool
+}
+
+func (rec *indexRecorder) WriteHeader(status int) {
+	if rec.status == 0 && status >= 200 {
+		rec.status = status
+		rec.contentType = rec.Header().Get("Content-Type")
+	}
+	rec.ResponseWriterWrapper.WriteHeader(status)
+}
+
+func (rec *indexRecorder) Write(b []byte) (int, error) {
+	if rec.status == 0 {
+		rec.WriteHeader(http.StatusOK)
+	}
+	if !rec.over {
+		if rec.buf.Len()+len(b) > maxIndexBody {
+			rec.over = true
+			rec.buf = bytes.Buffer{}
+		} else {
+			rec.buf.Write(b)
+		}
+	}
+	return rec.ResponseWriterWrapper.Write(b)
+}
+
+// ReadFrom copies through Write, so the copy is kept whichever way the
+// proxy writes the body.
+func (rec *indexRecorder) ReadFrom(r io.Reader) (int64, error) {
+	return io.Copy(writerOnly{rec}, r)
+}
+
+// writerOnly hides ReadFrom from io.Copy.
+type writerOnly struct{ io.Writer }
