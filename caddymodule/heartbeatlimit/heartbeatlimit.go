@@ -591,7 +591,7 @@ func (h *HeartbeatLimit) ServeHTTP(w http.ResponseWriter, r *http.Request, next 
 			return h.refuse(w, r, err)
 		}
 		if !beat {
-			return next.ServeHTTP(w, r)
+			return h.passGlobal(w, r, next)
 		}
 	}
 	key, keyed, err := h.clientKey(r)

@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/legacygate/legacygate/caddymodule/internal/metrics"
+	"github.com/legacygate/legacygate/internal/query"
 	"github.com/legacygate/legacygate/internal/xmlscan"
 )
 
@@ -32,11 +33,13 @@ const (
 	lastIndexServed  = "served"  // a limited heartbeat got its key's last index, 200
 	lastIndexMissing = "missing" // a limited heartbeat had none: the usual rejection
 	lastIndexStored  = "stored"  // an index answer was remembered
+	// the manager failed (5xx, unreachable): the heartbeat got its last index, 200
+	lastIndexServedOnError = "served_on_error"
 )
 
 var lastIndexAnswers = prometheus.NewCounterVec(prometheus.CounterOpts{
 	Namespace: "legacygate", Subsystem: "heartbeat_limit", Name: "last_index_total",
-	Help: "The last-index answer to limited heartbeats, by outcome (served, missing, stored).",
+	Help: "The last-index answer to limited heartbeats and to heartbeats the manager failed, by outcome (served, served_on_error, missing, stored).",
 }, []string{"outcome"})
 
 // indexAnswer is one remembered index document.
@@ -61,7 +64,7 @@ type indexCache struct {
 	next   int
 	bodies map[[sha256.Size]byte]*indexAnswer
 
-	served, missing, stored prometheus.Counter
+	served, missing, stored, servedOnError prometheus.Counter
 }
 
 func (h *HeartbeatLimit) provisionLastIndex(ctx caddy.Context) error {
@@ -76,13 +79,14 @@ func (h *HeartbeatLimit) provisionLastIndex(ctx caddy.Context) error {
 		return err
 	}
 	h.lastIndex = &indexCache{
-		max:     h.LastIndex,
-		root:    []byte(defaultIndexRoot),
-		keys:    make(map[uint64]*indexAnswer),
-		bodies:  make(map[[sha256.Size]byte]*indexAnswer),
-		served:  c.WithLabelValues(lastIndexServed),
-		missing: c.WithLabelValues(lastIndexMissing),
-		stored:  c.WithLabelValues(lastIndexStored),
+		max:           h.LastIndex,
+		root:          []byte(defaultIndexRoot),
+		keys:          make(map[uint64]*indexAnswer),
+		bodies:        make(map[[sha256.Size]byte]*indexAnswer),
+		served:        c.WithLabelValues(lastIndexServed),
+		missing:       c.WithLabelValues(lastIndexMissing),
+		stored:        c.WithLabelValues(lastIndexStored),
+		servedOnError: c.WithLabelValues(lastIndexServedOnError),
 	}
 	return nil
 }
@@ -126,10 +130,10 @@ func (c *indexCache) put(key uint64, body []byte, contentType string) {
 }
 
 // limited answers a limited heartbeat: with the client's last index when
-// last_index is on and one is remembered, else with the configured
-// rejection.
+// last_index is on, the request is known to be an index and one is
+// remembered; else with the configured rejection.
 func (h *HeartbeatLimit) limited(w http.ResponseWriter, r *http.Request, key uint64, reason string, delay time.Duration) error {
-	if h.lastIndex == nil || reason == reasonFallback {
+	if h.lastIndex == nil || reason == reasonFallback || !h.knownIndex(r) {
 		return h.reject(w, r, reason, delay)
 	}
 	a := h.lastIndex.get(key)
@@ -147,6 +151,28 @@ func (h *HeartbeatLimit) limited(w http.ResponseWriter, r *http.Request, key uin
 	if ce := h.logger.Check(zap.DebugLevel, "heartbeat limited: answered with the last index"); ce != nil {
 		ce.Write(zap.String("reason", reason), zap.String("remote", r.RemoteAddr))
 	}
+	return writeIndex(w, a)
+}
+
+// knownIndex reports whether r is known to ask for an index, so that an
+// index is a right answer: with kcs, its h= decoded to an index; without,
+// it has no h= (an opaque query could be any request: a policy download
+// answered with an index would fail on the client) and the matcher
+// selects index requests.
+func (h *HeartbeatLimit) knownIndex(r *http.Request) bool {
+	if h.sepm != nil {
+		repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+		if !ok {
+			return false
+		}
+		_, set := repl.Get("sepm.hostid")
+		return set
+	}
+	_, found, err := query.Single(r.URL.RawQuery, "h")
+	return !found && err == nil
+}
+
+func writeIndex(w http.ResponseWriter, a *indexAnswer) error {
 	hdr := w.Header()
 	if a.contentType != "" {
 		hdr.Set("Content-Type", a.contentType)
@@ -158,14 +184,35 @@ func (h *HeartbeatLimit) limited(w http.ResponseWriter, r *http.Request, key uin
 	return err
 }
 
-// pass sends an allowed heartbeat on, remembering the answer as the key's
-// last index when last_index is on.
+// pass sends an allowed heartbeat on. With last_index on, the answer is
+// remembered as the key's last index; and when the manager fails (a 5xx,
+// or no answer at all) and the key has a last index, the client gets that
+// instead: "nothing changed" keeps it on its normal interval, where an
+// error would send it and every other client into accelerated heartbeats
+// against a manager that is already struggling.
 func (h *HeartbeatLimit) pass(w http.ResponseWriter, r *http.Request, key uint64, keyed bool, next caddyhttp.Handler) error {
-	if h.lastIndex == nil || !keyed {
+	if h.lastIndex == nil || !keyed || !h.knownIndex(r) {
 		return next.ServeHTTP(w, r)
 	}
-	rec := &indexRecorder{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}}
+	rec := &indexRecorder{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, cached: h.lastIndex.get(key)}
+	if rec.cached != nil {
+		rec.before = make(map[string]bool, len(w.Header()))
+		for k := range w.Header() {
+			rec.before[k] = true
+		}
+	}
 	err := next.ServeHTTP(rec, r)
+	if rec.swallowed || (err != nil && rec.status == 0 && rec.cached != nil) {
+		for k := range w.Header() {
+			if !rec.before[k] {
+				delete(w.Header(), k)
+			}
+		}
+		h.lastIndex.servedOnError.Inc()
+		h.logger.Debug("manager failed: heartbeat answered with the last index",
+			zap.Int("status", rec.status), zap.Error(err), zap.String("remote", r.RemoteAddr))
+		return writeIndex(w, rec.cached)
+	}
 	if err == nil && rec.status == http.StatusOK && !rec.over {
 		h.lastIndex.put(key, rec.buf.Bytes(), rec.contentType)
 	}
@@ -174,18 +221,31 @@ func (h *HeartbeatLimit) pass(w http.ResponseWriter, r *http.Request, key uint64
 
 // indexRecorder passes an answer through and keeps a copy of its first
 // maxIndexBody bytes.
+// With a cached index, a 5xx answer is swallowed instead, for pass to
+// answer with that index.
 type indexRecorder struct {
 	*caddyhttp.ResponseWriterWrapper
 	status      int
 	contentType string
 	buf         bytes.Buffer
 	over        bool
+	cached      *indexAnswer
+	before      map[string]bool // header names set before the manager answered
+	swallowed   bool
 }
 
 func (rec *indexRecorder) WriteHeader(status int) {
-	if rec.status == 0 && status >= 200 {
-		rec.status = status
-		rec.contentType = rec.Header().Get("Content-Type")
+	if rec.status != 0 || status < 200 {
+		if !rec.swallowed {
+			rec.ResponseWriterWrapper.WriteHeader(status)
+		}
+		return
+	}
+	rec.status = status
+	rec.contentType = rec.Header().Get("Content-Type")
+	if status >= 500 && rec.cached != nil {
+		rec.swallowed = true
+		return
 	}
 	rec.ResponseWriterWrapper.WriteHeader(status)
 }
@@ -193,6 +253,9 @@ func (rec *indexRecorder) WriteHeader(status int) {
 func (rec *indexRecorder) Write(b []byte) (int, error) {
 	if rec.status == 0 {
 		rec.WriteHeader(http.StatusOK)
+	}
+	if rec.swallowed {
+		return len(b), nil
 	}
 	if !rec.over {
 		if rec.buf.Len()+len(b) > maxIndexBody {

@@ -1,6 +1,7 @@
 package heartbeatlimit
 
 import (
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -152,4 +153,69 @@ func FuzzSEPMHeartbeat(f *testing.F) {
 		req.URL.RawQuery = raw
 		_, _ = r.heartbeat(req)
 	})
+}
+
+func TestLastIndexAnswersForAFailingManager(t *testing.T) {
+	h := provisionHeartbeat(t, "heartbeat_limit {\n key {header.X-Host}\n rate 1/1ms\n burst 100\n last_index 10\n}")
+	healthy := &indexNext{}
+	req := func() *http.Request {
+		r := heartbeatRequest(http.MethodGet, "/secars/secars.dll", "192.0.2.1", "")
+		r.Header.Set("X-Host", "a")
+		return r
+	}
+	want := serve(t, h, req(), healthy).Body.String()
+	failing := []struct {
+		name string
+		next caddyhttp.Handler
+	}{
+		{"503 from the manager", caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+			w.Header().Set("X-Manager", "iis")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, err := w.Write([]byte("503.2"))
+			return err
+		})},
+		{"manager unreachable", caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+			return caddyhttp.Error(http.StatusBadGateway, io.ErrUnexpectedEOF)
+		})},
+	}
+	for _, tt := range failing {
+		t.Run(tt.name, func(t *testing.T) {
+			w := serve(t, h, req(), tt.next)
+			if w.Code != http.StatusOK || w.Body.String() != want || w.Header().Get("X-Manager") != "" {
+				t.Errorf("got %d %q %v, want 200 with the last index and none of the manager's headers", w.Code, w.Body.String(), w.Header())
+			}
+		})
+	}
+	r := heartbeatRequest(http.MethodGet, "/secars/secars.dll", "192.0.2.1", "")
+	r.Header.Set("X-Host", "never-seen")
+	w := httptest.NewRecorder()
+	if err := h.ServeHTTP(w, r, failing[1].next); err == nil {
+		t.Error("a client without a last index got an answer instead of the manager's error")
+	}
+}
+
+func TestLastIndexNeverAnswersAnOpaqueQueryWithoutKCS(t *testing.T) {
+	h := provisionHeartbeat(t, "heartbeat_limit {\n rate 1/1h\n last_index 10\n}")
+	next := &indexNext{}
+	host := strings.Repeat("A1", 16)
+	serve(t, h, heartbeatRequest(http.MethodPost, realQuery(t, testKCS, secars.ActionIndex, host, 1), "192.0.2.1", ""), next)
+	// The next request from this address could be a policy download: an
+	// index in its place would fail on the client.
+	w := serve(t, h, heartbeatRequest(http.MethodPost, realQuery(t, testKCS, secars.ActionProfile, host, 2), "192.0.2.1", ""), next)
+	if w.Code != http.StatusTooManyRequests {
+		t.Errorf("limited opaque request: %d %q, want the rejection", w.Code, w.Body.String())
+	}
+}
+
+func TestKCSHoldsOtherAgentRequestsToTheGlobalRateOnly(t *testing.T) {
+	h := provisionHeartbeat(t, "heartbeat_limit {\n key {sepm.hostid}\n rate 1/1h\n global_rate 1/1h\n max_wait 0s\n kcs "+testKCS+"\n}")
+	next := &countingNext{}
+	host := strings.Repeat("A1", 16)
+	codes := []int{}
+	for i := range 2 {
+		codes = append(codes, serve(t, h, heartbeatRequest(http.MethodPost, realQuery(t, testKCS, secars.ActionLog, host, uint64(i)), "192.0.2.1", ""), next).Code)
+	}
+	if codes[0] != http.StatusOK || codes[1] != http.StatusTooManyRequests {
+		t.Errorf("log uploads under global_rate 1/1h: %v, want 200 then 429", codes)
+	}
 }

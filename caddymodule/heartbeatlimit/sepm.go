@@ -1,14 +1,18 @@
 package heartbeatlimit
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/legacygate/legacygate/caddymodule/internal/metrics"
+	"github.com/legacygate/legacygate/internal/limiter"
 	"github.com/legacygate/legacygate/internal/query"
 	"github.com/legacygate/legacygate/internal/secars"
 )
@@ -64,8 +68,8 @@ func (h *HeartbeatLimit) provisionSEPM(ctx caddy.Context) error {
 }
 
 // heartbeat reads r's h= query. It returns false for an agent request
-// that is not an index (a download, a log upload): not a heartbeat, so not
-// limited. An index sets {sepm.hostid}. A query that does not decode is
+// that is not an index (a registration, a download, a log upload): not a
+// heartbeat, so not held to the client's bucket, only to global_rate. An index sets {sepm.hostid}. A query that does not decode is
 // treated as a heartbeat without a host id; h= given twice is an error
 // (the request is refused, as for any ambiguous key).
 func (s *sepmReader) heartbeat(r *http.Request) (bool, error) {
@@ -90,4 +94,30 @@ func (s *sepmReader) heartbeat(r *http.Request) (bool, error) {
 		repl.Set("sepm.hostid", q.HostID)
 	}
 	return true, nil
+}
+
+// passGlobal sends on an agent request that is not a heartbeat, within
+// global_rate when one is set: what reaches the manager through this
+// handler stays under the ceiling whatever the request. A rejection is the
+// configured one, never an index.
+func (h *HeartbeatLimit) passGlobal(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if h.ceiling == nil {
+		return next.ServeHTTP(w, r)
+	}
+	ok, wait := h.ceiling.Reserve()
+	if !ok {
+		return h.reject(w, r, reasonGlobal, wait-time.Duration(*h.MaxWait))
+	}
+	if wait > 0 {
+		h.queue.Inc()
+		err := h.ceiling.Wait(wait, r.Context().Done())
+		h.queue.Dec()
+		if errors.Is(err, limiter.ErrGone) {
+			return caddyhttp.Error(499, err)
+		}
+		if err != nil {
+			return h.reject(w, r, reasonGlobal, h.ceiling.Interval())
+		}
+	}
+	return next.ServeHTTP(w, r)
 }
