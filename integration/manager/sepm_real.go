@@ -214,3 +214,7 @@ func (m *Manager) IndexedHosts() int {
 	}
 	return 0
 }
+
+// Status is what the admin endpoints report besides the pin: for the sepm
+// flavor the profile and SyLink serials and the KCS.
+func (m *Manager) Status() map[string]string { return m.flavor.status() }
