@@ -1,11 +1,18 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"crypto/x509"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -350,4 +357,96 @@ func TestRealWireKeyOptionsMeasured(t *testing.T) {
 	for _, r := range runs {
 		fmt.Println(r)
 	}
+}
+
+// TestOfficeScanExamplePassesOnlyAgentProgramsToTheServer runs
+// examples/officescan.Caddyfile as shipped in front of a stand-in IIS:
+// the agent programs pass; the console, the other CGI programs (where the
+// pre-authentication CVEs live) and every encoded or Windows-equivalent
+// spelling of an allowed path are refused and never reach the server.
+func TestOfficeScanExamplePassesOnlyAgentProgramsToTheServer(t *testing.T) {
+	var mu sync.Mutex
+	var reached []string
+	iis := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		reached = append(reached, r.Method+" "+r.URL.Path)
+		mu.Unlock()
+		w.Header().Set("Server", "Microsoft-IIS/8.5")
+		w.Header().Set("X-Powered-By", "ASP.NET")
+		io.WriteString(w, "-2")
+	}))
+	t.Cleanup(iis.Close)
+	port := harness.FreePort(t)
+	t.Setenv("LEGACYGATE_SITE", fmt.Sprintf("http://127.0.0.1:%d", port))
+	t.Setenv("OFFICESCAN_SERVER", strings.TrimPrefix(iis.URL, "http://"))
+	harness.StartGateway(t, shippedExample(t, "examples/officescan.Caddyfile"))
+	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+	tests := []struct {
+		method, path string
+		pass         bool
+	}{
+		{http.MethodGet, "/officescan/cgi/cgiOnStart.exe", true},
+		{http.MethodPost, "/officescan/cgi/cgiLog.exe", true},
+		{http.MethodGet, "/officescan/download/server.ini", true},
+		{http.MethodGet, "/OfficeScan/CGI/cgionstart.exe", true}, // IIS ignores case; so does the allow list
+		{http.MethodPost, "/officescan/cgi/cgiChkMasterPwd.exe", false},
+		{http.MethodPost, "/officescan/cgi/cgiRecvFile.exe", false},
+		{http.MethodGet, "/officescan/console/html/cgi/cgiShowClientAdm.exe", false},
+		{http.MethodGet, "/officescan/cgi/cgiOnStart.exe/..%5ccgiRecvFile.exe", false},
+		{http.MethodGet, "/officescan/cgi/..%2fcgi/cgiChkMasterPwd.exe", false},
+		{http.MethodGet, "/officescan/download/../cgi/cgiRecvFile.exe", false},
+		{http.MethodDelete, "/officescan/cgi/cgiLog.exe", false},
+	}
+	for _, tt := range tests {
+		mu.Lock()
+		before := len(reached)
+		mu.Unlock()
+		status, header := rawHTTP(t, base, tt.method, tt.path)
+		mu.Lock()
+		got := len(reached) > before
+		mu.Unlock()
+		if got != tt.pass || (tt.pass && status != http.StatusOK) || (!tt.pass && status < 400) {
+			t.Errorf("%s %s: status %d, reached the server %v; want reached %v", tt.method, tt.path, status, got, tt.pass)
+		}
+		if header.Get("Server") != "" || header.Get("X-Powered-By") != "" {
+			t.Errorf("%s %s: banners reached the agent: %v", tt.method, tt.path, header)
+		}
+	}
+}
+
+// rawHTTP sends one HTTP/1.1 request with the path exactly as given (Go's
+// client would clean or re-encode it) and returns the status and headers.
+func rawHTTP(t *testing.T, base, method, path string) (int, http.Header) {
+	t.Helper()
+	u, err := url.Parse(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := net.DialTimeout("tcp", u.Host, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(conn, "%s %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: OfficeScan\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", method, path, u.Host)
+	resp, err := http.ReadResponse(bufio.NewReader(conn), &http.Request{Method: method})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode, resp.Header
+}
+
+// shippedExample reads a file of the repository.
+func shippedExample(t *testing.T, name string) string {
+	t.Helper()
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		t.Fatalf("go env GOMOD: %v", err)
+	}
+	b, err := os.ReadFile(filepath.Join(filepath.Dir(strings.TrimSpace(string(out))), name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
