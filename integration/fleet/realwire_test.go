@@ -113,3 +113,26 @@ func TestNATNeedsTheRealWire(t *testing.T) {
 	}
 }
 
+// FuzzParseContent feeds index documents to the definitions reference a
+// real-wire client builds a download path from: what it accepts must be
+// safe in a path.
+func FuzzParseContent(f *testing.F) {
+	for _, seed := range []string{
+		`<Index><Profile SerialNumber="A"/><Content Guid="{0A1B2C3D-0000-1111-2222-333344445555}" Revision="20261203002" Size="4194304"/></Index>`,
+		`<Index><Content Guid="../x" Revision="1"/></Index>`,
+		`<Index/>`,
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		ref, ok := parseContent(data)
+		if !ok {
+			return
+		}
+		for _, s := range []string{ref.guid, ref.revision} {
+			if s == "" || len(s) > 64 || strings.ContainsAny(s, "/\\?#%.") {
+				t.Fatalf("accepted %q for a download path", s)
+			}
+		}
+	})
+}
