@@ -23,7 +23,8 @@ import (
 // Limits of the last-index cache.
 const (
 	maxIndexBody     = 64 << 10 // a SEPM index is about 300 bytes; a few KB with many profiles
-	maxDistinctIndex = 4096     // distinct bodies shared between keys
+	maxDistinctIndex = 4096     // distinct bodies held, shared between keys
+	maxIndexBytes    = 32 << 20 // and their bytes together
 	defaultIndexRoot = "Index"
 )
 
@@ -46,6 +47,8 @@ var lastIndexAnswers = prometheus.NewCounterVec(prometheus.CounterOpts{
 type indexAnswer struct {
 	body        []byte
 	contentType string
+	sum         [sha256.Size]byte
+	refs        int // keys holding it; guarded by indexCache.mu
 }
 
 // indexCache remembers, per client key, the last index the manager
@@ -53,8 +56,9 @@ type indexAnswer struct {
 // that index) instead of an error, which would send a SEP client into an
 // accelerated heartbeat (KB 177654). At most max keys are kept, the
 // oldest inserted evicted first; bodies are shared between keys that got
-// the same bytes, at most maxDistinctIndex of them (the table starts over
-// when full, which costs sharing only), each at most maxIndexBody.
+// the same bytes and dropped when no key holds them, at most
+// maxDistinctIndex of them and maxIndexBytes together, each at most
+// maxIndexBody: memory stays under max × about 60 bytes plus 32 MiB.
 type indexCache struct {
 	mu     sync.Mutex
 	max    int
@@ -63,6 +67,7 @@ type indexCache struct {
 	ring   []uint64 // insertion order, for eviction
 	next   int
 	bodies map[[sha256.Size]byte]*indexAnswer
+	bytes  int // of the bodies held
 
 	served, missing, stored, servedOnError prometheus.Counter
 }
@@ -98,7 +103,9 @@ func (c *indexCache) get(key uint64) *indexAnswer {
 }
 
 // put remembers body as key's last index if it is one: an XML document
-// whose root element is Index.
+// whose root element is Index. A body no key holds any more is dropped; a
+// new distinct body is not remembered while maxDistinctIndex bodies or
+// maxIndexBytes are held (the key keeps its previous one, or none).
 func (c *indexCache) put(key uint64, body []byte, contentType string) {
 	if root, err := xmlscan.Root(body); err != nil || !bytes.Equal(root, c.root) {
 		return
@@ -108,25 +115,44 @@ func (c *indexCache) put(key uint64, body []byte, contentType string) {
 	defer c.mu.Unlock()
 	a := c.bodies[sum]
 	if a == nil || a.contentType != contentType {
-		if len(c.bodies) >= maxDistinctIndex {
-			clear(c.bodies)
+		if a != nil || len(c.bodies) >= maxDistinctIndex || c.bytes+len(body) > maxIndexBytes {
+			return
 		}
-		a = &indexAnswer{body: bytes.Clone(body), contentType: contentType}
+		a = &indexAnswer{body: bytes.Clone(body), contentType: contentType, sum: sum}
 		c.bodies[sum] = a
+		c.bytes += len(body)
 	}
 	c.stored.Inc()
-	if _, ok := c.keys[key]; ok {
+	if old, ok := c.keys[key]; ok {
+		if old == a {
+			return
+		}
+		c.release(old)
+		a.refs++
 		c.keys[key] = a
 		return
 	}
 	if len(c.ring) < c.max {
 		c.ring = append(c.ring, key)
 	} else {
+		c.release(c.keys[c.ring[c.next]])
 		delete(c.keys, c.ring[c.next])
 		c.ring[c.next] = key
 		c.next = (c.next + 1) % c.max
 	}
+	a.refs++
 	c.keys[key] = a
+}
+
+// release drops one key's hold on a; the last one frees the body.
+func (c *indexCache) release(a *indexAnswer) {
+	if a == nil {
+		return
+	}
+	if a.refs--; a.refs <= 0 {
+		delete(c.bodies, a.sum)
+		c.bytes -= len(a.body)
+	}
 }
 
 // limited answers a limited heartbeat: with the client's last index when

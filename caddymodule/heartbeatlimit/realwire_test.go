@@ -219,3 +219,23 @@ func TestKCSHoldsOtherAgentRequestsToTheGlobalRateOnly(t *testing.T) {
 		t.Errorf("log uploads under global_rate 1/1h: %v, want 200 then 429", codes)
 	}
 }
+
+func TestLastIndexDropsBodiesNoKeyHoldsAndBoundsDistinctOnes(t *testing.T) {
+	c := &indexCache{max: 2, root: []byte("Index"), keys: map[uint64]*indexAnswer{}, bodies: map[[32]byte]*indexAnswer{},
+		stored: prometheus.NewCounter(prometheus.CounterOpts{Name: "x"})}
+	doc := func(i int) []byte { return []byte(`<Index Serial="` + strings.Repeat("x", i) + `"/>`) }
+	c.put(1, doc(1), "text/xml")
+	c.put(1, doc(1), "text/xml") // the same body again keeps it
+	c.put(1, doc(2), "text/xml") // replaces key 1's body: doc(1) is dropped
+	c.put(2, doc(2), "text/xml") // shares doc(2)
+	c.put(3, doc(3), "text/xml") // evicts key 1
+	if len(c.bodies) != 2 || len(c.keys) != 2 || c.bytes != len(doc(2))+len(doc(3)) {
+		t.Errorf("%d bodies, %d keys, %d bytes; want 2, 2, %d", len(c.bodies), len(c.keys), c.bytes, len(doc(2))+len(doc(3)))
+	}
+	for i := range maxDistinctIndex + 10 {
+		c.put(uint64(100+i), doc(10+i%50), "text/xml")
+	}
+	if len(c.bodies) > maxDistinctIndex || len(c.keys) > 2 {
+		t.Errorf("%d bodies, %d keys held", len(c.bodies), len(c.keys))
+	}
+}
