@@ -25,6 +25,8 @@ import (
 //	    status      429|503
 //	    jitter      <fraction>
 //	    body_file   <path>
+//	    kcs         <hex Kcs of SyLink.xml>|off
+//	    last_index  <max clients>
 //	    distributed {
 //	        zone      <name>
 //	        interval  <duration>
@@ -96,6 +98,10 @@ func (h *HeartbeatLimit) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			})
 		case "body_file":
 			err = caddyarg.Parse(d, caddyarg.SetString(&h.BodyFile))
+		case "kcs":
+			err = caddyarg.Parse(d, caddyarg.SetString(&h.KCS))
+		case "last_index":
+			err = caddyarg.Parse(d, caddyarg.SetInt(&h.LastIndex))
 		case "distributed":
 			h.Distributed = new(HeartbeatDistributed)
 			err = h.Distributed.unmarshalCaddyfile(d)

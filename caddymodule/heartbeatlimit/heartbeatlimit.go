@@ -134,6 +134,17 @@ type HeartbeatLimit struct {
 	// ceiling (see HeartbeatCluster). It excludes distributed.
 	Cluster *HeartbeatCluster `json:"cluster,omitempty"`
 
+	// KCS, when set (and not "off"), is the Kcs of the site's SyLink.xml:
+	// SEPM-style opaque queries (?h=) are decoded with it, only index
+	// requests are limited, and {sepm.hostid} is their host id (sepm.go).
+	KCS string `json:"kcs,omitempty"`
+
+	// LastIndex, when above zero, answers a limited heartbeat with the
+	// last index the manager gave its key (200, "nothing changed")
+	// instead of the rejection, remembering at most this many keys
+	// (lastindex.go).
+	LastIndex int `json:"last_index,omitempty"`
+
 	parts          []keyPart
 	interval       time.Duration
 	globalInterval time.Duration
@@ -153,6 +164,8 @@ type HeartbeatLimit struct {
 	maintenance    *sync.WaitGroup
 	exchange       *exchange
 	clusterCounts  clusterCounters
+	sepm           *sepmReader
+	lastIndex      *indexCache
 }
 
 // CaddyModule returns the Caddy module information.
@@ -188,6 +201,12 @@ func (h *HeartbeatLimit) Provision(ctx caddy.Context) error {
 		return err
 	}
 	if err := h.provisionRejection(); err != nil {
+		return err
+	}
+	if err := h.provisionSEPM(ctx); err != nil {
+		return err
+	}
+	if err := h.provisionLastIndex(ctx); err != nil {
 		return err
 	}
 	if err := h.provisionZone(); err != nil {
@@ -595,6 +614,15 @@ func (s *state) Destruct() error {
 // ServeHTTP passes the request on if its client's bucket and the global
 // ceiling allow it, and answers a rejection otherwise.
 func (h *HeartbeatLimit) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if h.sepm != nil {
+		beat, err := h.sepm.heartbeat(r)
+		if err != nil {
+			return h.refuse(w, r, err)
+		}
+		if !beat {
+			return h.passGlobal(w, r, next)
+		}
+	}
 	key, keyed, err := h.clientKey(r)
 	if err != nil {
 		return h.refuse(w, r, err)
@@ -606,7 +634,7 @@ func (h *HeartbeatLimit) ServeHTTP(w http.ResponseWriter, r *http.Request, next 
 			if !keyed {
 				reason = reasonFallback
 			}
-			return h.reject(w, r, reason, retry)
+			return h.limited(w, r, key, reason, retry)
 		}
 	}
 	if h.ceiling != nil {
@@ -619,7 +647,7 @@ func (h *HeartbeatLimit) ServeHTTP(w http.ResponseWriter, r *http.Request, next 
 		ok, wait := h.ceiling.Reserve()
 		if !ok {
 			h.refund(key)
-			return h.reject(w, r, reasonGlobal, wait-time.Duration(*h.MaxWait))
+			return h.limited(w, r, key, reasonGlobal, wait-time.Duration(*h.MaxWait))
 		}
 		if wait > 0 {
 			h.queue.Inc()
@@ -630,7 +658,7 @@ func (h *HeartbeatLimit) ServeHTTP(w http.ResponseWriter, r *http.Request, next 
 			}
 			if err != nil {
 				h.refund(key)
-				return h.reject(w, r, reasonGlobal, h.ceiling.Interval())
+				return h.limited(w, r, key, reasonGlobal, h.ceiling.Interval())
 			}
 		}
 	}
@@ -639,7 +667,7 @@ func (h *HeartbeatLimit) ServeHTTP(w http.ResponseWriter, r *http.Request, next 
 	} else {
 		h.counts.allowedFallback.Inc()
 	}
-	return next.ServeHTTP(w, r)
+	return h.pass(w, r, key, keyed, next)
 }
 
 // refund gives back the token a request took from its client's bucket

@@ -48,7 +48,7 @@ func clientsFlags(args []string, stderr io.Writer) (fleet.Config, clientsOptions
 		cfg                           fleet.Config
 		opt                           clientsOptions
 		sylinkFile, trustFile, caFile string
-		servers                       string
+		servers, kcs                  string
 		seed                          uint64
 	)
 	fs.StringVar(&cfg.Flavor, "flavor", fleet.FlavorSEPM, "manager protocol: sepm, checkpoint or policyserver")
@@ -71,6 +71,10 @@ func clientsFlags(args []string, stderr io.Writer) (fleet.Config, clientsOptions
 	fs.BoolVar(&cfg.NewConnectionEach, "new-conn", false, "open a new connection (and TLS handshake) for every request")
 	fs.IntVar(&cfg.LogBytes, "log-bytes", 0, "upload a log of this many bytes after each successful heartbeat (0: none)")
 	fs.IntVar(&cfg.VerifyCache, "verify-cache", 1024, "verification verdicts remembered by (document hash, certificate); -1 verifies every download")
+	fs.StringVar(&cfg.Wire, "wire", fleet.WireReadable, "sepm query format: readable, or real (POST ?h=<hex> keyed by the SyLink's Kcs, User-Agent Smc, HTTP/1.0, definitions downloads, a 0-60 s accelerated heartbeat after any error)")
+	fs.IntVar(&cfg.NAT, "nat", 0, "with --wire real: put N clients behind each source address (127.0.0.2, 127.0.0.3, …)")
+	fs.DurationVar(&cfg.StartSpread, "start-spread", 0, "spread the first heartbeats over 0..D instead of one interval (short: a check-in storm)")
+	fs.StringVar(&kcs, "kcs", "", "with --server and --wire real: the Kcs the clients obfuscate queries with (the manager prints it)")
 	fs.DurationVar(&opt.progress, "progress", 0, "print a summary line to stderr every D (0: only the final summary)")
 	fs.BoolVar(&opt.failOrphaned, "fail-orphaned", false, "exit with status 3 if any client is orphaned at the end")
 	if err := fs.Parse(args); err != nil {
@@ -102,7 +106,7 @@ func clientsFlags(args []string, stderr io.Writer) (fleet.Config, clientsOptions
 			return cfg, opt, fmt.Errorf("--sylink: %w", err)
 		}
 	case servers != "":
-		if cfg.SyLink, err = sylinkFor(servers, cfg.Trust, cfg.Flavor != fleet.FlavorPolicyServer); err != nil {
+		if cfg.SyLink, err = sylinkFor(servers, cfg.Trust, cfg.Flavor != fleet.FlavorPolicyServer, kcs); err != nil {
 			return cfg, opt, fmt.Errorf("--server: %w", err)
 		}
 	default:
@@ -115,7 +119,7 @@ func clientsFlags(args []string, stderr io.Writer) (fleet.Config, clientsOptions
 // https and an http URL of the same host make one server with both ports,
 // as SEPM lists itself. Without verify (PolicyServer signs nothing) no
 // certificate is needed.
-func sylinkFor(list string, trust *x509.Certificate, verify bool) ([]byte, error) {
+func sylinkFor(list string, trust *x509.Certificate, verify bool, kcs string) ([]byte, error) {
 	if verify && trust == nil {
 		return nil, errors.New("needs --trust: the clients must trust a signing certificate")
 	}
@@ -150,7 +154,7 @@ func sylinkFor(list string, trust *x509.Certificate, verify bool) ([]byte, error
 			return nil, fmt.Errorf("%q: scheme must be https or http", raw)
 		}
 	}
-	return fleet.BuildSyLink(&fleet.Settings{Blocks: []fleet.PriorityBlock{block}})
+	return fleet.BuildSyLink(&fleet.Settings{Blocks: []fleet.PriorityBlock{block}, KCS: kcs})
 }
 
 // readCertificate reads one certificate, PEM or DER.

@@ -1,6 +1,7 @@
 package demo
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -15,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/legacygate/legacygate/integration/manager"
 	"github.com/legacygate/legacygate/policyguard"
 )
 
@@ -227,14 +229,21 @@ func (c *clients) console(ctx context.Context) (string, error) {
 func (c *clients) storm(ctx context.Context) (string, error) {
 	var ok, limited, status int
 	var retryAfter string
+	var first []byte
+	sameIndex := true
+	before := c.d.mgr.Requests(manager.CountIndex)
 	for i := 0; i < 6; i++ {
-		resp, _, err := c.get(ctx, "action=index&hostid="+c.hostID)
+		resp, body, err := c.get(ctx, "action=index&hostid="+c.hostID)
 		if err != nil {
 			return "", err
 		}
 		switch resp.StatusCode {
 		case http.StatusOK:
 			ok++
+			if first == nil {
+				first = body
+			}
+			sameIndex = sameIndex && bytes.Equal(body, first)
 		case http.StatusTooManyRequests, http.StatusServiceUnavailable:
 			limited++
 			status, retryAfter = resp.StatusCode, resp.Header.Get("Retry-After")
@@ -242,7 +251,17 @@ func (c *clients) storm(ctx context.Context) (string, error) {
 			return "", fmt.Errorf("heartbeat %d got %d", i+1, resp.StatusCode)
 		}
 	}
-	if limited == 0 || retryAfter == "" {
+	reached := c.d.mgr.Requests(manager.CountIndex) - before
+	if limited == 0 {
+		// Caddyfile.example's last_index: the limited heartbeats get the
+		// client's last index ("nothing changed") instead of an error.
+		if reached >= 6 || !sameIndex {
+			return "", fmt.Errorf("6 heartbeats in a row: %d reached the manager, every answer 200 (same index: %v); want some held at the gateway", reached, sameIndex)
+		}
+		return fmt.Sprintf("6 heartbeats at once: %d reached the manager, the other %d were answered 200 with the client's last index (heartbeat_limit's last_index: \"nothing changed\", so a real client keeps its interval instead of retrying within 60 s)",
+			reached, 6-reached), nil
+	}
+	if retryAfter == "" {
 		return "", fmt.Errorf("6 heartbeats in a row: %d allowed, %d limited, Retry-After %q; want some limited with Retry-After", ok, limited, retryAfter)
 	}
 	return fmt.Sprintf("6 heartbeats at once: %d reached the manager, %d answered %d with Retry-After: %s s (heartbeat_limit's status: 429 by default, 503 in %s, a busy manager's answer)",

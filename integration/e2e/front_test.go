@@ -207,7 +207,7 @@ func TestCaddyfileExampleAdaptsOnACleanMachine(t *testing.T) {
 		`"protocol":"legacy_tls"`, `"min_version":"tls1.0"`, `"pins":["sha256/`,
 		`"protocol_min":"tls1.2"`,
 		`"allow":[{"methods":["GET","POST"],"path":"/secars/secars.dll"},{"methods":["POST"],"path":"/secreg/secreg.dll"},{"methods":["GET"],"path":"/content/*"}]`,
-		`"decision_keys":["action","hostid"]`,
+		`"decision_keys":["action","hostid","h"]`,
 		`"delete":["Server","X-Powered-By"]`, `"max_header_bytes":16000`, `"max_size":1000000`,
 	} {
 		if !strings.Contains(stdout, want) {

@@ -13,7 +13,12 @@ type client struct {
 	hostID        string
 	profileSerial string // interned
 	sylinkSerial  string // interned
+	contentRev    string // interned; the real wire's definitions revision
+	seq           uint64 // requests sent, in the real wire's query
+	idx           int32
 	streak        uint16 // heartbeats in a row with nothing usable
+	refusedStreak uint16 // index requests in a row refused (429, 503)
+	everStarved   bool
 	state         clientState
 	tls10         bool
 	onPlaintext   bool
@@ -58,7 +63,7 @@ func (f *Fleet) heartbeat(c *client, idx int32, rng *rand.Rand) time.Duration {
 	if f.randomize > 0 {
 		next += time.Duration(rng.Int64N(int64(f.randomize) + 1))
 	}
-	if r.accelerate {
+	if r.accelerate || (f.cfg.Wire == WireReal && r.outcome != outcomeOK) {
 		next = time.Duration(rng.Int64N(int64(f.accel) + 1))
 	}
 	return max(next, r.retryAfter)

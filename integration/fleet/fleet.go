@@ -91,6 +91,16 @@ type Config struct {
 	// same certificate: same answer). Default 1024; negative disables it,
 	// so every download is verified.
 	VerifyCache int
+	// Wire is the SEPM-style query format: WireReadable (default) or
+	// WireReal (opaque h= queries, HTTP/1.0, definitions downloads, the
+	// accelerated-heartbeat rule after any error).
+	Wire string
+	// NAT, with WireReal, puts this many clients behind each source
+	// address (127.0.0.2, 127.0.0.3, …); 0 leaves the address to the system.
+	NAT int
+	// StartSpread, when above zero, spreads the first heartbeats over
+	// 0..StartSpread instead of one interval: a storm when it is short.
+	StartSpread time.Duration
 	// RootCAs verifies server chains for servers with HttpsVerifyCA="1";
 	// nil means the system roots.
 	RootCAs *x509.CertPool
@@ -209,6 +219,23 @@ func (cfg *Config) defaults() error {
 	if cfg.VerifyCache == 0 {
 		cfg.VerifyCache = 1024
 	}
+	switch cfg.Wire {
+	case "":
+		cfg.Wire = WireReadable
+	case WireReadable:
+	case WireReal:
+		if cfg.Flavor != FlavorSEPM {
+			return fmt.Errorf("fleet: wire %q is for the sepm flavor only", cfg.Wire)
+		}
+	default:
+		return fmt.Errorf("fleet: wire %q must be %q or %q", cfg.Wire, WireReadable, WireReal)
+	}
+	if cfg.NAT < 0 || cfg.StartSpread < 0 {
+		return errors.New("fleet: nat and start-spread must not be negative")
+	}
+	if cfg.NAT > 0 && cfg.Wire != WireReal {
+		return errors.New("fleet: nat needs wire real (one connection per request, each from its client's address)")
+	}
 	return nil
 }
 
@@ -221,6 +248,7 @@ func (f *Fleet) buildClients() {
 	for i := range f.clients {
 		c := &f.clients[i]
 		c.settings = f.start
+		c.idx = int32(i)
 		c.tls10 = f.cfg.TLSMax == TLS10 || rng.Float64() < f.cfg.TLS10Share
 		if f.plaintext != nil && rng.Float64() < f.cfg.PlaintextShare {
 			c.settings = f.plaintext
@@ -245,6 +273,9 @@ func (f *Fleet) run(ctx context.Context) {
 	f.begun.Store(begun.UnixNano())
 	rng := rand.New(rand.NewPCG(f.cfg.Seed, 0xf1ee7))
 	spread := f.interval + f.randomize
+	if f.cfg.StartSpread > 0 {
+		spread = f.cfg.StartSpread
+	}
 	for i := range f.clients {
 		f.sched.add(int32(i), begun.Add(time.Duration(rng.Int64N(int64(spread)+1))))
 	}

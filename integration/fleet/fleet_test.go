@@ -432,7 +432,8 @@ func TestSummaryHasProtocolKeys(t *testing.T) {
 	}
 	protocol := []string{"clients", "online", "orphaned", "degraded", "on_new_anchor", "on_plaintext", "heartbeats", "rate_limited", "signature_failures"}
 	extras := []string{"pending", "failing", "ever_orphaned", "ever_degraded", "registered", "profile_updates", "sylink_updates",
-		"requests", "index_p50_ms", "index_p99_ms", "lag_p99_ms", "elapsed_seconds", "errors"}
+		"requests", "index_p50_ms", "index_p99_ms", "lag_p99_ms", "elapsed_seconds", "errors",
+		"requests_per_client_per_minute", "starved", "ever_starved", "content_downloads", "content_bytes"}
 	want := append(slices.Clone(protocol), extras...)
 	var keys []string
 	for k := range got {

@@ -62,13 +62,14 @@ func (f *Fleet) beatServer(c *client, idx int32, srv Server) (r result, answered
 			return r, answered
 		}
 	}
-	resp := f.do(c, srv, http.MethodGet, pathAgent, "action=index&hostid="+url.QueryEscape(c.hostID), nil, maxIndexBytes)
+	resp := f.agent(c, srv, pathAgent, "index", nil, maxIndexBytes)
 	f.count.indexLatency.observe(resp.took)
 	if resp.err != nil {
 		return result{}, false
 	}
+	f.noteIndex(c, resp.limited() || resp.status == http.StatusServiceUnavailable)
 	if resp.limited() {
-		return result{outcome: outcomeLimited, retryAfter: resp.retryAfter}, true
+		return f.limitedResult(resp), true
 	}
 	if resp.status == http.StatusBadRequest && strings.HasPrefix(string(resp.body), "4 ") {
 		// The server no longer knows this HostId: register again.
@@ -92,6 +93,9 @@ func (f *Fleet) beatServer(c *client, idx int32, srv Server) (r result, answered
 	if ix.sylink != "" && ix.sylink != c.sylinkSerial {
 		r = worse(r, f.fetchSyLink(c, srv, ix.sylink))
 	}
+	if f.cfg.Wire == WireReal {
+		r = worse(r, f.fetchContent(c, srv, resp.body))
+	}
 	if r.outcome == outcomeOK && f.cfg.LogBytes > 0 {
 		f.uploadLog(c, srv)
 	}
@@ -101,12 +105,12 @@ func (f *Fleet) beatServer(c *client, idx int32, srv Server) (r result, answered
 // register gets a HostId. ok is true when the client now has one.
 func (f *Fleet) register(c *client, idx int32, srv Server) (r result, answered, ok bool) {
 	form := url.Values{"hostname": {fmt.Sprintf("client-%06d", idx)}, "group": {f.cfg.Group}}
-	resp := f.do(c, srv, http.MethodPost, pathRegister, "action=register", []byte(form.Encode()), maxIndexBytes)
+	resp := f.agent(c, srv, pathRegister, "register", []byte(form.Encode()), maxIndexBytes)
 	if resp.err != nil {
 		return result{}, false, false
 	}
 	if resp.limited() {
-		return result{outcome: outcomeLimited, retryAfter: resp.retryAfter}, true, false
+		return f.limitedResult(resp), true, false
 	}
 	if !f.statusOK(resp) {
 		return result{}, false, false
@@ -124,7 +128,7 @@ func (f *Fleet) register(c *client, idx int32, srv Server) (r result, answered, 
 // fetchProfile downloads the policy and verifies it against the
 // certificate the client trusts for srv.
 func (f *Fleet) fetchProfile(c *client, srv Server, serial string) result {
-	resp := f.do(c, srv, http.MethodGet, pathAgent, "action=profile&hostid="+url.QueryEscape(c.hostID), nil, maxProfileBytes)
+	resp := f.agent(c, srv, pathAgent, "profile", nil, maxProfileBytes)
 	if r, ok := f.download(resp); !ok {
 		return r
 	}
@@ -142,7 +146,7 @@ func (f *Fleet) fetchProfile(c *client, srv Server, serial string) result {
 // certificate trusted now, and adopts the server list and certificates of
 // what was signed.
 func (f *Fleet) fetchSyLink(c *client, srv Server, serial string) result {
-	resp := f.do(c, srv, http.MethodGet, pathAgent, "action=sylink&hostid="+url.QueryEscape(c.hostID), nil, maxSyLinkBytes)
+	resp := f.agent(c, srv, pathAgent, "sylink", nil, maxSyLinkBytes)
 	if r, ok := f.download(resp); !ok {
 		return r
 	}
@@ -221,7 +225,7 @@ func (f *Fleet) download(resp response) (result, bool) {
 }
 
 func (f *Fleet) uploadLog(c *client, srv Server) {
-	f.do(c, srv, http.MethodPost, pathAgent, "action=log&hostid="+url.QueryEscape(c.hostID), f.logBody, maxIndexBytes)
+	f.agent(c, srv, pathAgent, "log", f.logBody, maxIndexBytes)
 }
 
 // statusOK counts a non-200 status by class.
@@ -241,6 +245,7 @@ func (f *Fleet) statusOK(resp response) bool {
 type response struct {
 	status     int
 	body       []byte
+	size       int64 // bytes read when the body was discarded
 	retryAfter time.Duration
 	took       time.Duration
 	err        error // transport failure, already counted
@@ -254,6 +259,9 @@ func (r response) limited() bool {
 
 // do sends one request to srv and reads at most limit bytes of the answer.
 func (f *Fleet) do(c *client, srv Server, method, path, query string, body []byte, limit int64) response {
+	if f.cfg.Wire == WireReal {
+		return f.doHTTP10(c, srv, method, path, query, body, limit, false)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), f.cfg.Timeout)
 	defer cancel()
 	var rd io.Reader

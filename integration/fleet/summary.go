@@ -56,6 +56,18 @@ type Summary struct {
 	SyLinkUpdates  int64 `json:"sylink_updates"`
 	// Requests is the number of HTTP requests sent.
 	Requests int64 `json:"requests"`
+	// RequestsPerClientPerMinute is Requests per client per minute of the
+	// run: a storm's amplification shows here.
+	RequestsPerClientPerMinute float64 `json:"requests_per_client_per_minute"`
+	// Starved: the client's latest OrphanAfter index requests in a row were
+	// all refused (429, or 503); EverStarved counts clients starved at any
+	// point of the run.
+	Starved     int64 `json:"starved"`
+	EverStarved int64 `json:"ever_starved"`
+	// ContentDownloads and ContentBytes count definitions packages
+	// downloaded (the real wire).
+	ContentDownloads int64 `json:"content_downloads"`
+	ContentBytes     int64 `json:"content_bytes"`
 	// IndexP50Ms and IndexP99Ms are index request latencies (successful
 	// or not), from a log-scale histogram (about 10% resolution).
 	IndexP50Ms float64 `json:"index_p50_ms"`
@@ -129,6 +141,10 @@ type counters struct {
 	profileUpdates    atomic.Int64
 	syLinkUpdates     atomic.Int64
 	requests          atomic.Int64
+	starved           atomic.Int64
+	everStarved       atomic.Int64
+	contentDownloads  atomic.Int64
+	contentBytes      atomic.Int64
 	errors            [numFailKinds]atomic.Int64
 	indexLatency      histogram
 	lag               histogram
@@ -198,11 +214,18 @@ func (c *counters) summary(clients int, elapsed time.Duration) Summary {
 		ProfileUpdates:    c.profileUpdates.Load(),
 		SyLinkUpdates:     c.syLinkUpdates.Load(),
 		Requests:          c.requests.Load(),
+		Starved:           c.starved.Load(),
+		EverStarved:       c.everStarved.Load(),
+		ContentDownloads:  c.contentDownloads.Load(),
+		ContentBytes:      c.contentBytes.Load(),
 		IndexP50Ms:        c.indexLatency.quantile(0.50),
 		IndexP99Ms:        c.indexLatency.quantile(0.99),
 		LagP99Ms:          c.lag.quantile(0.99),
 		ElapsedSeconds:    math.Round(elapsed.Seconds()*1000) / 1000,
 		Errors:            make(map[string]int64, numFailKinds),
+	}
+	if clients > 0 && elapsed > 0 {
+		s.RequestsPerClientPerMinute = math.Round(float64(s.Requests)/float64(clients)/elapsed.Minutes()*1000) / 1000
 	}
 	for k, name := range failKindNames {
 		s.Errors[name] = c.errors[k].Load()

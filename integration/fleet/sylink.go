@@ -36,6 +36,8 @@ type Settings struct {
 	// Blocks are the ServerPriorityBlocks of the first ServerList, in document
 	// order: a client tries Blocks[0] first.
 	Blocks []PriorityBlock
+	// KCS is AgentCommunicationSetting's Kcs: the real wire's h= key.
+	KCS string
 
 	anchors []certID // distinct signing certificates in the list
 }
@@ -221,6 +223,7 @@ func (s *Settings) readHeartbeat(el *etree.Element) error {
 	if el == nil {
 		return nil
 	}
+	s.KCS = el.SelectAttrValue("Kcs", "")
 	var err error
 	if s.HeartbeatSeconds, err = intAttr(el, "PushHeartbeatSeconds", 0, 0, 7*24*3600); err != nil {
 		return fmt.Errorf("sylink: <AgentCommunicationSetting>: %w", err)
@@ -346,6 +349,9 @@ func BuildSyLink(s *Settings) ([]byte, error) {
 	comm := root.CreateElement("CommConf")
 	acs := comm.CreateElement("AgentCommunicationSetting")
 	acs.CreateAttr("CommunicationMode", "PULL")
+	if s.KCS != "" {
+		acs.CreateAttr("Kcs", s.KCS)
+	}
 	acs.CreateAttr("PushHeartbeatSeconds", strconv.Itoa(s.HeartbeatSeconds))
 	acs.CreateAttr("RandomizationEnabled", boolAttr(s.RandomizationSeconds > 0))
 	acs.CreateAttr("RandomizationRange", strconv.Itoa(s.RandomizationSeconds))

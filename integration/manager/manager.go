@@ -82,6 +82,17 @@ type Config struct {
 	NextDir string
 	// Next is the pair Import switches to when NextDir is empty.
 	Next *certs.Pair
+	// Wire is the sepm flavor's query format: WireReadable (default,
+	// ?action=…&hostid=…) or WireReal (POST ?h=<hex> obfuscated with the
+	// KCS the SyLink carries, and definitions at /content/…).
+	Wire string
+	// ContentSize is the size in bytes of the definitions package the real
+	// wire serves. Default 4 MiB.
+	ContentSize int
+	// Capacity, if above zero, is how many client requests a second the
+	// manager answers; above it, 503 without Retry-After, as an overloaded
+	// IIS answers (503.2). Default 0: unlimited.
+	Capacity int
 	// Log receives one line per event (start, key change, serving errors);
 	// it must be safe for concurrent writes. Default: discard.
 	Log io.Writer
@@ -168,7 +179,7 @@ func New(cfg Config) (*Manager, error) {
 	}
 	m.id.Store(newIdentity(pair, 1))
 	m.flavor = flavors[cfg.Flavor](m)
-	m.counts = map[string]*atomic.Int64{CountBad: {}, CountAdmin: {}}
+	m.counts = map[string]*atomic.Int64{CountBad: {}, CountAdmin: {}, CountOverloaded: {}}
 	for _, e := range m.flavor.endpoints() {
 		m.counts[e] = &atomic.Int64{}
 	}
@@ -242,6 +253,26 @@ func (c *Config) setDefaults() error {
 	if c.HeartbeatSeconds < 0 {
 		return fmt.Errorf("HeartbeatSeconds: %d is negative", c.HeartbeatSeconds)
 	}
+	switch c.Wire {
+	case "":
+		c.Wire = WireReadable
+	case WireReadable:
+	case WireReal:
+		if c.Flavor != "sepm" {
+			return fmt.Errorf("Wire: %q is for the sepm flavor only", c.Wire)
+		}
+	default:
+		return fmt.Errorf("Wire: unknown wire %q, want %q or %q", c.Wire, WireReadable, WireReal)
+	}
+	if c.ContentSize == 0 {
+		c.ContentSize = 4 << 20
+	}
+	if c.ContentSize < 0 || c.ContentSize > 1<<30 {
+		return fmt.Errorf("ContentSize: %d bytes, want 1 to 1 GiB", c.ContentSize)
+	}
+	if c.Capacity < 0 {
+		return fmt.Errorf("Capacity: %d is negative", c.Capacity)
+	}
 	if c.Log == nil {
 		c.Log = io.Discard
 	}
@@ -269,7 +300,7 @@ func (m *Manager) Start() error {
 		m.closeListeners()
 		return err
 	}
-	clients := m.withFault(m.flavor.handler())
+	clients := m.withFault(m.withCapacity(m.flavor.handler()))
 	if m.httpsLn != nil {
 		m.serve(m.newServer(clients), tls.NewListener(m.httpsLn, m.tlsConfig))
 	}

@@ -1,6 +1,7 @@
 package manager
 
 import (
+	"cmp"
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/hex"
@@ -14,6 +15,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/legacygate/legacygate/internal/secars"
 )
 
 // SEPM endpoint names, as counted by Manager.Requests.
@@ -50,6 +53,10 @@ type sepm struct {
 	kcs      string
 	hosts    hostTable
 	docs     atomic.Pointer[sepmDocs]
+	real     bool       // WireReal: h= queries and definitions downloads
+	key      secars.Key // the h= key, from kcs
+	content  *content   // definitions, WireReal only
+	indexed  hostSet    // hosts whose index request arrived
 }
 
 // sepmDocs are the signed documents every client gets, built once per key.
@@ -59,22 +66,35 @@ type sepmDocs struct {
 }
 
 func newSEPM(m *Manager) flavor {
-	return &sepm{
+	s := &sepm{
 		m:        m,
 		domainID: randomHex(16),
 		kcs:      randomHex(16),
 		hosts:    hostTable{max: m.cfg.MaxHosts, hosts: map[string]host{}},
+		real:     m.cfg.Wire == WireReal,
 	}
+	s.key, _ = secars.NewKey(s.kcs) // randomHex is always a valid KCS
+	if s.real {
+		s.content = newContent(m.cfg.ContentSize)
+	}
+	return s
 }
 
 func (s *sepm) endpoints() []string {
-	return []string{CountHello, CountRegister, CountIndex, CountProfile, CountSyLink, CountLog, CountNotFound}
+	names := []string{CountHello, CountRegister, CountIndex, CountProfile, CountSyLink, CountLog, CountNotFound}
+	if s.real {
+		names = append(names, CountContent)
+	}
+	return names
 }
 
 func (s *sepm) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc(SecarsPath, s.secars)
 	mux.HandleFunc(SecregPath, s.secreg)
+	if s.real {
+		mux.HandleFunc(ContentPathPrefix, s.serveContent)
+	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		s.m.count(CountNotFound)
 		http.NotFound(w, r)
@@ -87,7 +107,7 @@ func (s *sepm) status() map[string]string {
 	if d == nil {
 		return map[string]string{}
 	}
-	return map[string]string{"profile_serial": d.profileSerial, "sylink_serial": d.sylinkSerial}
+	return map[string]string{"profile_serial": d.profileSerial, "sylink_serial": d.sylinkSerial, "kcs": s.kcs}
 }
 
 // settingsDocument is the signed SyLink served now.
@@ -112,8 +132,12 @@ func (s *sepm) rebuild(id *identity) error {
 	if err != nil {
 		return fmt.Errorf("SyLink: %w", err)
 	}
+	index := buildIndex(s.domainID, md5Hex(profile), profileSerial, now, sylinkSerial)
+	if s.real {
+		index = s.content.withContent(index)
+	}
 	s.docs.Store(&sepmDocs{
-		index:         buildIndex(s.domainID, md5Hex(profile), profileSerial, now, sylinkSerial),
+		index:         index,
 		profile:       profile,
 		sylink:        sylink,
 		profileSerial: profileSerial,
@@ -151,13 +175,13 @@ func (s *sepm) badFormat(w http.ResponseWriter) {
 
 // secars serves the agent communication endpoint.
 func (s *sepm) secars(w http.ResponseWriter, r *http.Request) {
-	q, err := parseSEPMQuery(r.URL.RawQuery)
+	q, _, err := s.query(r)
 	if err != nil {
 		s.badFormat(w)
 		return
 	}
 	wantMethod := http.MethodGet
-	if q.action == ActionLog {
+	if q.action == ActionLog || (s.real && q.action != ActionHello) {
 		wantMethod = http.MethodPost
 	}
 	if q.action == ActionRegister || r.Method != wantMethod {
@@ -175,6 +199,9 @@ func (s *sepm) secars(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.m.count(q.action)
+	if q.action == ActionIndex {
+		s.indexed.add(q.hostID)
+	}
 	d := s.docs.Load()
 	switch q.action {
 	case ActionIndex:
@@ -217,7 +244,7 @@ func (s *sepm) acceptLog(w http.ResponseWriter, r *http.Request) {
 // secreg serves registration: POST ?action=register with the form fields
 // hostname and group.
 func (s *sepm) secreg(w http.ResponseWriter, r *http.Request) {
-	q, err := parseSEPMQuery(r.URL.RawQuery)
+	q, hostname, err := s.query(r)
 	if err != nil || q.action != ActionRegister || r.Method != http.MethodPost {
 		s.badFormat(w)
 		return
@@ -227,7 +254,7 @@ func (s *sepm) secreg(w http.ResponseWriter, r *http.Request) {
 		s.badFormat(w)
 		return
 	}
-	name, group := r.PostForm.Get("hostname"), r.PostForm.Get("group")
+	name, group := cmp.Or(r.PostForm.Get("hostname"), hostname), r.PostForm.Get("group")
 	if group == "" {
 		group = defaultGroup
 	}
@@ -242,6 +269,16 @@ func (s *sepm) secreg(w http.ResponseWriter, r *http.Request) {
 	}
 	s.m.count(CountRegister)
 	writeXML(w, fmt.Appendf(nil, `<Registration HostId="%s" Group="%s"/>`, id, xmlAttr(group)))
+}
+
+// query reads a secars or secreg query in the configured wire format, and
+// the host name the real wire's registration carries in it.
+func (s *sepm) query(r *http.Request) (q sepmQuery, hostname string, err error) {
+	if s.real {
+		return s.realQuery(r)
+	}
+	q, err = parseSEPMQuery(r.URL.RawQuery)
+	return q, "", err
 }
 
 // host is what the manager remembers of a registered client.
