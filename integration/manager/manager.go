@@ -61,6 +61,9 @@ type Config struct {
 	// ProfileSize is the approximate size in bytes of the signed policy
 	// document. Default 100 KiB; at least 4 KiB.
 	ProfileSize int
+	// ContentSize is the size in bytes of every definitions file served at
+	// /content/{GUID}/{revision}/{file} (sepm flavor). Default 4 MiB.
+	ContentSize int64
 	// MaxLogBytes is the largest log upload accepted. Default 300 KiB.
 	MaxLogBytes int64
 	// MaxHosts bounds how many registered clients the manager remembers;
@@ -134,6 +137,8 @@ type Manager struct {
 	id     atomic.Pointer[identity]
 	fault  atomic.Pointer[Fault]
 	counts map[string]*atomic.Int64 // fixed at New: keys come from the flavor, never from clients
+
+	contentBytes atomic.Int64 // /content body bytes sent (content.go)
 
 	changeMu sync.Mutex // serialises key changes
 

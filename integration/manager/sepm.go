@@ -68,13 +68,14 @@ func newSEPM(m *Manager) flavor {
 }
 
 func (s *sepm) endpoints() []string {
-	return []string{CountHello, CountRegister, CountIndex, CountProfile, CountSyLink, CountLog, CountNotFound}
+	return []string{CountHello, CountRegister, CountIndex, CountProfile, CountSyLink, CountLog, CountContent, CountNotFound}
 }
 
 func (s *sepm) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc(SecarsPath, s.secars)
 	mux.HandleFunc(SecregPath, s.secreg)
+	mux.HandleFunc(ContentPrefix, s.content)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		s.m.count(CountNotFound)
 		http.NotFound(w, r)
