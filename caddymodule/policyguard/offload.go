@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -181,6 +182,9 @@ type offloader struct {
 
 	clients *payloadcache.LRU[string, namedProfile]
 	docs    *payloadcache.LRU[namedProfile, heldDocument]
+
+	mu       sync.Mutex
+	fetching map[namedProfile]chan struct{} // profiles being fetched: at most one entry per request in progress
 }
 
 // namedProfile is what an index names: the profile's serial and checksum.
@@ -198,7 +202,7 @@ type heldDocument struct {
 
 func newOffloader(cfg *Offload) *offloader {
 	d := cfg.withDefaults()
-	o := &offloader{cfg: d, now: time.Now}
+	o := &offloader{cfg: d, now: time.Now, fetching: map[namedProfile]chan struct{}{}}
 	o.queryKey, _ = query.Placeholder(d.ClientKey)
 	o.clients = payloadcache.New(int64(d.MaxClients), func(string, namedProfile) int64 { return 1 })
 	o.docs = payloadcache.New(d.CacheSize, func(_ namedProfile, h heldDocument) int64 {
@@ -310,20 +314,39 @@ func attributeValue(body []byte, element, attribute string) (string, error) {
 
 // serveOffloaded answers a profile request from a held document, re-signed
 // for r as a fetched one would be. It reports false, having written
-// nothing, when there is nothing to offload or signing failed (the manager
-// is then asked as usual).
-func (g *PolicyGuard) serveOffloaded(w http.ResponseWriter, r *http.Request) (bool, error) {
-	held, ok := g.offload.lookup(r)
+// nothing, when there is nothing to offload or signing failed: the manager
+// is then asked as usual, and release, when not nil, must be called once
+// that answer is done. Clients whose index names a profile another client
+// is fetching wait for that fetch (once), so a policy push costs the
+// manager one download per profile, not one per client that asked in the
+// same instant.
+func (g *PolicyGuard) serveOffloaded(w http.ResponseWriter, r *http.Request) (done bool, err error, release func()) {
+	n, ok := g.offload.named(r)
 	if !ok {
-		return false, nil
+		return false, nil, nil
+	}
+	held, ok := g.offload.docs.Get(n)
+	if !ok {
+		wait, lead := g.offload.join(n)
+		if lead != nil {
+			return false, nil, lead
+		}
+		select {
+		case <-wait:
+		case <-r.Context().Done():
+			return true, r.Context().Err(), nil
+		}
+		if held, ok = g.offload.docs.Get(n); !ok {
+			return false, nil, nil
+		}
 	}
 	out, err := g.pipeline.resign(r, held.doc)
 	if held, ok := errors.AsType[*heldError](err); ok {
-		return true, g.hold(w, r, held.retryAfter)
+		return true, g.hold(w, r, held.retryAfter), nil
 	}
 	if err != nil {
 		g.logger.Warn("held policy not offloaded, asking the manager", zap.String("path", r.URL.Path), zap.Error(err))
-		return false, nil
+		return false, nil, nil
 	}
 	g.count(resultSigned, reasonOffloaded)
 	h := w.Header()
@@ -332,5 +355,23 @@ func (g *PolicyGuard) serveOffloaded(w http.ResponseWriter, r *http.Request) (bo
 	}
 	h["Content-Length"] = []string{strconv.Itoa(len(out.body))}
 	h["Etag"] = []string{out.etag}
-	return true, writeResponse(w, r, http.StatusOK, out.body, r.Header.Get("If-None-Match"))
+	return true, writeResponse(w, r, http.StatusOK, out.body, r.Header.Get("If-None-Match")), nil
+}
+
+// join returns the fetch of n in progress to wait for, or, when there is
+// none, lead: the caller fetches n and calls lead when done.
+func (o *offloader) join(n namedProfile) (wait <-chan struct{}, lead func()) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if ch, ok := o.fetching[n]; ok {
+		return ch, nil
+	}
+	ch := make(chan struct{})
+	o.fetching[n] = ch
+	return nil, func() {
+		o.mu.Lock()
+		delete(o.fetching, n)
+		o.mu.Unlock()
+		close(ch)
+	}
 }

@@ -411,8 +411,12 @@ func (g *PolicyGuard) ServeHTTP(w http.ResponseWriter, r *http.Request, next cad
 		g.heartbeat(r)
 	}
 	if g.offload != nil && g.offload.isProfileRequest(r) {
-		if done, err := g.serveOffloaded(w, r); done {
+		done, err, release := g.serveOffloaded(w, r)
+		if done {
 			return err
+		}
+		if release != nil {
+			defer release()
 		}
 	}
 	ifNoneMatch := r.Header.Get("If-None-Match")
