@@ -346,7 +346,31 @@ func (c *ContentCache) serveContent(w http.ResponseWriter, r *http.Request, m me
 		h["Content-Type"] = nil // not sniffed: the manager named none
 	}
 	modtime, _ := http.ParseTime(m.LastModified)
+	if zeroSuffixRange(r.Header.Get("Range")) {
+		// http.ServeContent answers "bytes=-0" with a 206 of an empty,
+		// inverted range ("bytes 4096-4095/4096"); it is unsatisfiable
+		// (RFC 9110 14.1.1).
+		h.Set("Content-Range", "bytes */"+strconv.FormatInt(m.Size, 10))
+		h["Content-Type"] = nil
+		w.WriteHeader(http.StatusRequestedRangeNotSatisfiable)
+		return
+	}
 	http.ServeContent(&countingWriter{ResponseWriter: w, n: c.served}, r, "", modtime, body)
+}
+
+// zeroSuffixRange reports whether a bytes Range names a suffix of length 0.
+func zeroSuffixRange(v string) bool {
+	specs, ok := strings.CutPrefix(v, "bytes=")
+	if !ok {
+		return false
+	}
+	for spec := range strings.SplitSeq(specs, ",") {
+		spec = strings.TrimSpace(spec)
+		if len(spec) > 1 && spec[0] == '-' && strings.Trim(spec[1:], "0") == "" {
+			return true
+		}
+	}
+	return false
 }
 
 // follow serves r from another request's fetch f. done is false when r
