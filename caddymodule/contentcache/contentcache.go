@@ -412,6 +412,7 @@ func (c *ContentCache) fetch(w http.ResponseWriter, r *http.Request, next caddyh
 	if plainGET(r) {
 		fw.clientCtx, fw.tailDone = r.Context(), make(chan bool, 1)
 	}
+	defer fw.settle()
 	aborted, err := response.ServeNext(fw, up, next)
 	switch fw.mode {
 	case modeNone:
@@ -596,6 +597,25 @@ func (fw *fetchWriter) Flush() {
 	if fw.mode == modePass {
 		http.NewResponseController(fw.client).Flush()
 	}
+}
+
+// settle fails a fetch that a panic in the rest of the route left
+// unfinished, so that no client waits on it for ever and its file and
+// reservation go, and waits for the tail still writing to the client.
+func (fw *fetchWriter) settle() {
+	state, _, _ := fw.f.snapshot()
+	if state != stateFetching && state != stateStreaming {
+		return
+	}
+	if fw.mode == modeCache {
+		fw.complete(true, nil)
+		if fw.tailDone != nil {
+			<-fw.tailDone
+		}
+		return
+	}
+	fw.c.store.forget(fw.f)
+	fw.f.finish(stateFailed)
 }
 
 // complete commits the object when the whole declared body arrived, or

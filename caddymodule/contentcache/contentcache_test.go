@@ -136,7 +136,7 @@ func get(t testing.TB, url string, header map[string]string) (*http.Response, []
 }
 
 // testClient leaves bodies as they come: no transparent gzip decoding.
-var testClient = &http.Client{Transport: &http.Transport{DisableCompression: true, MaxIdleConnsPerHost: 64}}
+var testClient = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DisableCompression: true, MaxIdleConnsPerHost: 64}}
 
 func TestConcurrentGetsOfOneObjectFetchItOnceAndAllGetItWhole(t *testing.T) {
 	o := &origin{body: randomBody(t, 1<<20), gate: make(chan struct{})}
@@ -464,3 +464,58 @@ func TestValidateNamesTheWrongField(t *testing.T) {
 type noopCounter struct{ prometheus.Counter }
 
 func (noopCounter) Add(float64) {}
+
+func TestAPanicInTheRouteFailsTheFetchForEveryWaitingClient(t *testing.T) {
+	o := &origin{body: randomBody(t, 100<<10)}
+	release := make(chan struct{})
+	c := newCache(t, &ContentCache{})
+	var panicked atomic.Bool
+	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		if panicked.CompareAndSwap(false, true) {
+			w.Header().Set("Content-Length", strconv.Itoa(len(o.body)))
+			w.WriteHeader(http.StatusOK)
+			w.Write(o.body[:10])
+			<-release
+			panic("a bug in a handler")
+		}
+		return o.ServeHTTP(w, r)
+	})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if v := recover(); v != nil && v != "a bug in a handler" {
+				panic(v)
+			} else if v != nil {
+				panic(http.ErrAbortHandler)
+			}
+		}()
+		if err := c.ServeHTTP(w, r, next); err != nil {
+			w.WriteHeader(http.StatusBadGateway)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	done := make(chan error, 2)
+	for range 2 {
+		go func() {
+			_, body, err := get(t, srv.URL+testKey, nil)
+			if err == nil && len(body) == len(o.body) {
+				err = errors.New("a complete body from a fetch that panicked")
+			}
+			done <- err
+		}()
+	}
+	time.Sleep(100 * time.Millisecond)
+	close(release)
+	for range 2 {
+		select {
+		case err := <-done:
+			if err == nil {
+				t.Fatal("a client got a complete-looking answer")
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("a client still waits on a fetch that panicked")
+		}
+	}
+	if _, body, err := get(t, srv.URL+testKey, nil); err != nil || !bytes.Equal(body, o.body) {
+		t.Fatalf("after the panic: %v, %d bytes", err, len(body))
+	}
+}
