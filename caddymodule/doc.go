@@ -11,8 +11,10 @@
 // each directive gets its own anchor, chosen so that a request meets them
 // in this order:
 //
-//	plaintext_bridge → heartbeat_limit → xml_guard → (encode …) → policy_guard → handle/route → reverse_proxy
+//	plaintext_bridge → heartbeat_limit → xml_guard → (encode …) → content_cache → package_guard/policy_guard → handle/route → reverse_proxy
 //
 // policy_guard sits after encode so that it sees the manager's identity bytes,
 // and before handle so that a top-level policy_guard wraps handle blocks too.
+// content_cache comes before the guards so that its fetches pass through
+// them and only what they let through is cached.
 package caddymodule

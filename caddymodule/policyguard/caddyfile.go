@@ -28,6 +28,9 @@ func parsePolicyGuard(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, erro
 //	    rewrite {
 //	        ...
 //	    }
+//	    offload [{
+//	        ...
+//	    }]
 //	}
 //
 // upstream_cert, roots and allow_non_xml may be repeated; their lists add
@@ -36,7 +39,8 @@ func parsePolicyGuard(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, erro
 // 502. A body that is XML is judged as XML whatever its Content-Type. Sizes
 // take units (16MiB, 64MB) or plain bytes. Without signing_key, the legacygate
 // global option supplies the keys. The rewrite block's syntax is in
-// unmarshalGuardRewrite.
+// unmarshalGuardRewrite, the offload block's (optional: `offload` alone
+// takes the SEPM defaults) in unmarshalOffload.
 func (g *PolicyGuard) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next()
 	if d.NextArg() {
@@ -73,6 +77,8 @@ func (g *PolicyGuard) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			g.Rewrite, err = unmarshalGuardRewrite(d)
 		case "allow_non_xml":
 			g.AllowNonXML, err = caddyarg.Append(d, g.AllowNonXML)
+		case "offload":
+			g.Offload, err = unmarshalOffload(d)
 		default:
 			return d.Errf("policy_guard: unknown subdirective %q", d.Val())
 		}

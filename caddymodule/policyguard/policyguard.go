@@ -114,7 +114,13 @@ type PolicyGuard struct {
 	// non-empty 2xx body that is not XML is refused.
 	AllowNonXML []string `json:"allow_non_xml,omitempty"`
 
-	allowNonXML []string // AllowNonXML, lower-cased
+	// Offload serves a client's profile without asking the manager when
+	// the index the manager last sent that client names a profile the
+	// gateway holds verified (see Offload). Nil: every request is asked.
+	Offload *Offload `json:"offload,omitempty"`
+
+	allowNonXML []string   // AllowNonXML, lower-cased
+	offload     *offloader // nil without Offload
 	pipeline    resigner
 	heartbeat   func(*http.Request) // tells the legacygate app of each request; nil without the app
 	index       *indexSerial        // rewrites the index's settings serial; nil without rewrite
@@ -245,6 +251,9 @@ func (g *PolicyGuard) provisionPipeline(cache *prometheus.CounterVec, app *rotat
 	g.pinned = make([]string, len(pinned))
 	for i, c := range pinned {
 		g.pinned[i] = guardlib.Fingerprint(c)
+	}
+	if g.Offload != nil {
+		g.offload = newOffloader(g.Offload)
 	}
 	g.pipeline = &policyPipeline{
 		// The Resigner's own cache is off: it still coalesces identical
@@ -384,6 +393,11 @@ func (g *PolicyGuard) Validate() error {
 	if _, err := response.MediaTypes("policy_guard: allow_non_xml", g.AllowNonXML); err != nil {
 		return err
 	}
+	if g.Offload != nil {
+		if err := g.Offload.validate(g.Roots); err != nil {
+			return err
+		}
+	}
 	if g.Rewrite != nil {
 		return g.Rewrite.validate(g.Roots)
 	}
@@ -395,6 +409,15 @@ func (g *PolicyGuard) Validate() error {
 func (g *PolicyGuard) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	if g.heartbeat != nil {
 		g.heartbeat(r)
+	}
+	if g.offload != nil && g.offload.isProfileRequest(r) {
+		done, err, release := g.serveOffloaded(w, r)
+		if done {
+			return err
+		}
+		if release != nil {
+			defer release()
+		}
 	}
 	ifNoneMatch := r.Header.Get("If-None-Match")
 	up := upstreamRequest(r)
@@ -435,6 +458,9 @@ func (g *PolicyGuard) finish(w http.ResponseWriter, r *http.Request, rec *respon
 		return g.passNonXML(w, r, rec, body, ifNoneMatch)
 	}
 	if !g.listed(root) {
+		if g.offload != nil {
+			g.offload.remember(r, root, body)
+		}
 		if g.index.matches(root) {
 			if done, err := g.rewriteIndex(w, r, rec, body); done {
 				return err
@@ -452,6 +478,9 @@ func (g *PolicyGuard) finish(w http.ResponseWriter, r *http.Request, rec *respon
 		return g.refuse(w, r, rec, err)
 	}
 	g.count(resultSigned, reasonVerified)
+	if g.offload != nil && string(root) == g.offload.cfg.Element && g.offload.isProfileRequest(r) {
+		g.offload.keep(r, body, rec.Held().Get("Content-Type"))
+	}
 	h := w.Header()
 	response.CopyHeader(h, rec.Held())
 	for _, k := range staleAfterResign {

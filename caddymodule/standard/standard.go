@@ -5,6 +5,7 @@ package standard
 
 import (
 	// legacygate's modules, commands and directives.
+	_ "github.com/legacygate/legacygate/caddymodule/contentcache"
 	_ "github.com/legacygate/legacygate/caddymodule/dashboard"
 	_ "github.com/legacygate/legacygate/caddymodule/heartbeatlimit"
 	_ "github.com/legacygate/legacygate/caddymodule/initcmd"

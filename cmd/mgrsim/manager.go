@@ -45,7 +45,7 @@ func managerFlags(args []string, stderr io.Writer) (manager.Config, error) {
 	fs.StringVar(&cfg.Dir, "dir", "", "directory to write tls.crt, tls.key, signing.crt and pin to, on start and each key change; a key pair already there is used again")
 	fs.BoolVar(&regenerate, "regenerate", false, "with --dir: make a new key pair instead of using the one in --dir")
 	fs.StringVar(&cfg.Wire, "wire", manager.WireReadable, "sepm query format: readable (?action=…&hostid=…) or real (POST ?h=<hex> keyed by the SyLink's KCS, User-Agent Smc, definitions at /content/{GUID}/{rev}/full.zip)")
-	fs.IntVar(&cfg.ContentSize, "content-size", 4<<20, "with --wire real: size of the definitions package, bytes")
+	fs.Int64Var(&cfg.ContentSize, "content-size", 4<<20, "size in bytes of every definitions file served at /content/{GUID}/{rev}/{file}")
 	fs.IntVar(&cfg.Capacity, "capacity", 0, "client requests a second the manager answers; above it 503 without Retry-After, as an overloaded IIS (0: unlimited)")
 	fs.StringVar(&cfg.NextDir, "next", "", "directory with next.crt and next.key for import (created if absent)")
 	if err := fs.Parse(args); err != nil {

@@ -61,6 +61,9 @@ type Config struct {
 	// ProfileSize is the approximate size in bytes of the signed policy
 	// document. Default 100 KiB; at least 4 KiB.
 	ProfileSize int
+	// ContentSize is the size in bytes of every definitions file served at
+	// /content/{GUID}/{revision}/{file} (sepm flavor). Default 4 MiB.
+	ContentSize int64
 	// MaxLogBytes is the largest log upload accepted. Default 300 KiB.
 	MaxLogBytes int64
 	// MaxHosts bounds how many registered clients the manager remembers;
@@ -86,9 +89,6 @@ type Config struct {
 	// ?action=…&hostid=…) or WireReal (POST ?h=<hex> obfuscated with the
 	// KCS the SyLink carries, and definitions at /content/…).
 	Wire string
-	// ContentSize is the size in bytes of the definitions package the real
-	// wire serves. Default 4 MiB.
-	ContentSize int
 	// Capacity, if above zero, is how many client requests a second the
 	// manager answers; above it, 503 without Retry-After, as an overloaded
 	// IIS answers (503.2). Default 0: unlimited.
@@ -145,6 +145,8 @@ type Manager struct {
 	id     atomic.Pointer[identity]
 	fault  atomic.Pointer[Fault]
 	counts map[string]*atomic.Int64 // fixed at New: keys come from the flavor, never from clients
+
+	contentBytes atomic.Int64 // /content body bytes sent (content.go)
 
 	changeMu sync.Mutex // serialises key changes
 
@@ -265,7 +267,7 @@ func (c *Config) setDefaults() error {
 		return fmt.Errorf("Wire: unknown wire %q, want %q or %q", c.Wire, WireReadable, WireReal)
 	}
 	if c.ContentSize == 0 {
-		c.ContentSize = 4 << 20
+		c.ContentSize = DefaultContentSize
 	}
 	if c.ContentSize < 0 || c.ContentSize > 1<<30 {
 		return fmt.Errorf("ContentSize: %d bytes, want 1 to 1 GiB", c.ContentSize)

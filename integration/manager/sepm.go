@@ -53,10 +53,10 @@ type sepm struct {
 	kcs      string
 	hosts    hostTable
 	docs     atomic.Pointer[sepmDocs]
-	real     bool       // WireReal: h= queries and definitions downloads
-	key      secars.Key // the h= key, from kcs
-	content  *content   // definitions, WireReal only
-	indexed  hostSet    // hosts whose index request arrived
+	real     bool         // WireReal: h= queries and definitions downloads
+	key      secars.Key   // the h= key, from kcs
+	defs     *definitions // the revision the index names, WireReal only
+	indexed  hostSet      // hosts whose index request arrived
 }
 
 // sepmDocs are the signed documents every client gets, built once per key.
@@ -75,26 +75,20 @@ func newSEPM(m *Manager) flavor {
 	}
 	s.key, _ = secars.NewKey(s.kcs) // randomHex is always a valid KCS
 	if s.real {
-		s.content = newContent(m.cfg.ContentSize)
+		s.defs = newDefinitions()
 	}
 	return s
 }
 
 func (s *sepm) endpoints() []string {
-	names := []string{CountHello, CountRegister, CountIndex, CountProfile, CountSyLink, CountLog, CountNotFound}
-	if s.real {
-		names = append(names, CountContent)
-	}
-	return names
+	return []string{CountHello, CountRegister, CountIndex, CountProfile, CountSyLink, CountLog, CountContent, CountNotFound}
 }
 
 func (s *sepm) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc(SecarsPath, s.secars)
 	mux.HandleFunc(SecregPath, s.secreg)
-	if s.real {
-		mux.HandleFunc(ContentPathPrefix, s.serveContent)
-	}
+	mux.HandleFunc(ContentPrefix, s.content)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		s.m.count(CountNotFound)
 		http.NotFound(w, r)
@@ -134,7 +128,7 @@ func (s *sepm) rebuild(id *identity) error {
 	}
 	index := buildIndex(s.domainID, md5Hex(profile), profileSerial, now, sylinkSerial)
 	if s.real {
-		index = s.content.withContent(index)
+		index = s.defs.withContent(index, s.contentSize())
 	}
 	s.docs.Store(&sepmDocs{
 		index:         index,

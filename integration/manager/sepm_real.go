@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"net/http"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -24,12 +23,8 @@ const (
 
 // Counter names of the real wire.
 const (
-	CountContent    = "content"    // definitions downloads
 	CountOverloaded = "overloaded" // requests refused above Capacity
 )
-
-// ContentPathPrefix is where definitions are served: /content/{GUID}/{rev}/full.zip.
-const ContentPathPrefix = "/content/"
 
 // realActions maps the real wire's numeric codes to the actions the
 // readable wire names.
@@ -41,54 +36,30 @@ var realActions = map[int]string{
 	secars.ActionLog:      ActionLog,
 }
 
-// content is the definitions package clients download: one revision,
-// its bytes built once and shared by every download.
-type content struct {
+// definitions is the revision of the definitions package the real wire's
+// index names; the bytes are served by content (content.go), like any
+// other revision.
+type definitions struct {
 	guid, revision string
-	body           []byte
 }
 
-func newContent(size int) *content {
-	body := make([]byte, size)
-	// Not all zeros, so nothing on the way can compress it away.
-	for i := range body {
-		body[i] = byte(i*131 + i>>8)
-	}
-	return &content{
+func newDefinitions() *definitions {
+	return &definitions{
 		guid:     "{" + randomHex(4) + "-" + randomHex(2) + "-" + randomHex(2) + "-" + randomHex(2) + "-" + randomHex(6) + "}",
 		revision: time.Now().UTC().Format("20060102") + "002",
-		body:     body,
 	}
 }
 
 // path is the URL path of the revision's full package.
-func (c *content) path() string {
-	return ContentPathPrefix + c.guid + "/" + c.revision + "/full.zip"
+func (d *definitions) path() string {
+	return ContentPrefix + d.guid + "/" + d.revision + "/full.zip"
 }
 
-// withContent adds the definitions revision to an index document.
-func (c *content) withContent(index []byte) []byte {
-	line := fmt.Sprintf(" <Content Guid=%q Revision=%q Size=\"%d\"/>\n</Index>", c.guid, c.revision, len(c.body))
+// withContent adds the definitions revision, size bytes, to an index
+// document.
+func (d *definitions) withContent(index []byte, size int64) []byte {
+	line := fmt.Sprintf(" <Content Guid=%q Revision=%q Size=\"%d\"/>\n</Index>", d.guid, d.revision, size)
 	return bytes.Replace(index, []byte("</Index>"), []byte(line), 1)
-}
-
-// serveContent answers GET /content/{GUID}/{rev}/full.zip for the
-// current revision; anything else under /content/ is 404.
-func (s *sepm) serveContent(w http.ResponseWriter, r *http.Request) {
-	c := s.content
-	if r.URL.Path != c.path() {
-		s.m.count(CountNotFound)
-		http.NotFound(w, r)
-		return
-	}
-	if r.Method != http.MethodGet {
-		s.badFormat(w)
-		return
-	}
-	s.m.count(CountContent)
-	w.Header().Set("Content-Type", "application/x-zip-compressed")
-	w.Header().Set("Content-Length", strconv.Itoa(len(c.body)))
-	w.Write(c.body)
 }
 
 // realQuery reads a real-wire query: exactly h=<hex> under the manager's
@@ -177,8 +148,8 @@ func (m *Manager) KCS() string {
 
 // ContentPath is the real wire's definitions URL path; "" otherwise.
 func (m *Manager) ContentPath() string {
-	if s, ok := m.flavor.(*sepm); ok && s.content != nil {
-		return s.content.path()
+	if s, ok := m.flavor.(*sepm); ok && s.defs != nil {
+		return s.defs.path()
 	}
 	return ""
 }
