@@ -31,12 +31,12 @@ const contentBlock = 64 << 10
 // contentStart is the Last-Modified of every definitions file.
 var contentStart = time.Now().UTC().Truncate(time.Second)
 
-// content serves GET and HEAD of /content/<GUID>/<revision>/<file>, any
-// revision, Config.ContentSize bytes (Range and conditional requests as
+// content serves GET and HEAD of /content/<GUID>/<revision>/<file> for
+// the revisions it publishes, Config.ContentSize bytes (Range and conditional requests as
 // IIS would, through http.ServeContent). Other shapes get 404.
 func (s *sepm) content(w http.ResponseWriter, r *http.Request) {
 	parts := strings.Split(strings.TrimPrefix(r.URL.Path, ContentPrefix), "/")
-	if len(parts) != 3 || parts[0] == "" || parts[1] == "" || parts[2] == "" {
+	if len(parts) != 3 || parts[0] == "" || parts[1] == "" || parts[2] == "" || !s.publishes(parts[0], parts[1]) {
 		s.m.count(CountNotFound)
 		http.NotFound(w, r)
 		return
@@ -50,6 +50,13 @@ func (s *sepm) content(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/x-zip-compressed")
 	w.Header().Set("Etag", `"`+hex.EncodeToString(body.block[:8])+`"`)
 	http.ServeContent(&countingContentWriter{ResponseWriter: w, n: &s.m.contentBytes}, r, "", contentStart, body)
+}
+
+// publishes reports whether guid/revision is served: any on the readable
+// wire (tests pick their own), only the revision the index names on the
+// real wire, as a real manager has only what it published.
+func (s *sepm) publishes(guid, revision string) bool {
+	return s.defs == nil || (guid == s.defs.guid && revision == s.defs.revision)
 }
 
 func (s *sepm) contentSize() int64 {
