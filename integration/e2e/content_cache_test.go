@@ -77,7 +77,7 @@ func (c *countingConn) Write(p []byte) (int, error) {
 }
 
 // offloadLab is the emulated manager behind a byte counter, and
-// Caddyfile.example in front of it (with policy_guard's offload when asked).
+// Caddyfile.example, as shipped (with policy_guard's offload), in front of it.
 type offloadLab struct {
 	m       *manager.Manager
 	counter *byteCounter
@@ -87,7 +87,7 @@ type offloadLab struct {
 	mgrURL  string
 }
 
-func startOffloadLab(t *testing.T, contentSize int64, policyOffload bool) *offloadLab {
+func startOffloadLab(t *testing.T, contentSize int64) *offloadLab {
 	t.Helper()
 	m, err := manager.New(manager.Config{HTTPSAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", ContentSize: contentSize, CommonName: "sepm.legacygate.test"})
 	if err != nil {
@@ -110,12 +110,8 @@ func startOffloadLab(t *testing.T, contentSize int64, policyOffload bool) *offlo
 	t.Setenv("LEGACYGATE_HEARTBEAT_GLOBAL_RATE", "100000/1s")
 	setExampleKeyFiles(t, m.Pair())
 	caddyfile := exampleCaddyfile(t)
-	if policyOffload {
-		const anchor = "\t\t\tallow_non_xml text/plain\n"
-		if !strings.Contains(caddyfile, anchor) {
-			t.Fatal("Caddyfile.example's policy_guard block changed: update the offload insertion")
-		}
-		caddyfile = strings.Replace(caddyfile, anchor, anchor+"\t\t\toffload\n", 1)
+	if !strings.Contains(caddyfile, "\t\t\toffload\n") {
+		t.Fatal("Caddyfile.example's policy_guard has no offload line")
 	}
 	g := harness.StartGateway(t, caddyfile)
 	g.WaitCertificate(t, "localhost")
@@ -336,7 +332,7 @@ func TestContentCacheOffloadTenThousandClients(t *testing.T) {
 // clients through the gateway, and directly for sample of them: the direct
 // cost is the same for every client, so it is scaled to clients.
 func offloadRun(t *testing.T, clients, sample, workers int, size int64) {
-	l := startOffloadLab(t, size, true)
+	l := startOffloadLab(t, size)
 
 	direct := l.definitionsUpdate(t, l.direct, l.mgrURL, "120120a011", sample, workers, size).scaled(clients, sample)
 	through := l.definitionsUpdate(t, l.gw, l.gateway, "120121a011", clients, workers, size)

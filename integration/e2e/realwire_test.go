@@ -94,6 +94,8 @@ func startRealGateway(t *testing.T, m *manager.Manager, v realVariant) *realLab 
 	}
 	for k, val := range map[string]string{
 		"LEGACYGATE_SITE": fmt.Sprintf("localhost:%d", port), "SEPM_MANAGER": m.Addrs().HTTPS,
+		// The settings the example rewrites name this gateway.
+		"LEGACYGATE_SITE_HOST": "localhost", "LEGACYGATE_SITE_PORT": strconv.Itoa(port),
 		"SEPM_PIN": m.Pin(), "SEPM_SERVER_NAME": "sepm.legacygate.test", "SEPM_CERT": mgrCert,
 		"LEGACYGATE_SIGNING_KEY": gwKey, "LEGACYGATE_SIGNING_CERT": gwCert, "SEPM_KCS": kcs,
 		"LEGACYGATE_HEARTBEAT_RATE": realRate, "LEGACYGATE_HEARTBEAT_GLOBAL_RATE": fmt.Sprintf("%d/1s", realGlobalRate),
