@@ -24,6 +24,7 @@ import (
 
 	"github.com/legacygate/legacygate/caddymodule/internal/response"
 	"github.com/legacygate/legacygate/internal/limiter"
+	"github.com/legacygate/legacygate/internal/pacer"
 	"github.com/legacygate/legacygate/internal/query"
 )
 
@@ -138,6 +139,7 @@ type HeartbeatLimit struct {
 	fallback       uint64
 	perClient      *limiter.Limiter
 	ceiling        *limiter.Ceiling
+	pacer          *pacer.Pacer
 	body           []byte
 	bodyType       string
 	logger         *zap.Logger
@@ -381,6 +383,8 @@ type state struct {
 	lineage   string
 	perClient *limiter.Limiter
 	ceiling   *limiter.Ceiling
+	pacer     *pacer.Pacer
+	spacing   time.Duration // this configuration's interval for pacer
 	hasher    limiter.Hasher
 	instance  string
 	tracked   prometheus.Gauge
@@ -448,7 +452,7 @@ func (h *HeartbeatLimit) provisionState() error {
 	}
 	h.poolKey = key
 	st := val.(*state)
-	h.perClient, h.ceiling, h.hasher = st.perClient, st.ceiling, st.hasher
+	h.perClient, h.ceiling, h.pacer, h.hasher = st.perClient, st.ceiling, st.pacer, st.hasher
 	h.fallback = h.hasher.Sum(nil)
 	if h.Distributed != nil {
 		h.Distributed.attach(st.perClient, st.instance)
@@ -518,7 +522,7 @@ func (s *state) buildLimiters(h *HeartbeatLimit, prev *state) error {
 			s.ceiling.Carry(prev.ceiling)
 		}
 	}
-	return nil
+	return s.buildPacer(h, prev)
 }
 
 // maintain sweeps full buckets and reports the tracked-key gauge.
@@ -556,6 +560,7 @@ func (s *state) Destruct() error {
 		delete(lineages.live, s.lineage)
 	} else {
 		lineages.live[s.lineage] = live
+		s.handBackPacer(live)
 	}
 	lineages.Unlock()
 	close(s.stop)
@@ -590,12 +595,8 @@ func (h *HeartbeatLimit) ServeHTTP(w http.ResponseWriter, r *http.Request, next 
 			h.queue.Inc()
 			err := h.ceiling.Wait(wait, r.Context().Done())
 			h.queue.Dec()
-			if errors.Is(err, limiter.ErrGone) {
-				return caddyhttp.Error(499, err)
-			}
 			if err != nil {
-				h.refund(key)
-				return h.reject(w, r, reasonGlobal, h.ceiling.Interval())
+				return caddyhttp.Error(499, err)
 			}
 		}
 	}
@@ -604,6 +605,7 @@ func (h *HeartbeatLimit) ServeHTTP(w http.ResponseWriter, r *http.Request, next 
 	} else {
 		h.counts.allowedFallback.Inc()
 	}
+	h.handOnPacer(r)
 	return next.ServeHTTP(w, r)
 }
 
