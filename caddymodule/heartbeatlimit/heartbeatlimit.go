@@ -586,7 +586,7 @@ func (h *HeartbeatLimit) ServeHTTP(w http.ResponseWriter, r *http.Request, next 
 		}
 	}
 	if h.ceiling != nil {
-		ok, wait := h.ceiling.Reserve()
+		ok, wait := h.ceiling.ReserveBehind(h.wireBacklog())
 		if !ok {
 			h.refund(key)
 			return h.reject(w, r, reasonGlobal, wait-time.Duration(*h.MaxWait))

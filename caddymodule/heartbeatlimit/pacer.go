@@ -3,6 +3,7 @@ package heartbeatlimit
 import (
 	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
@@ -52,6 +53,16 @@ func (s *state) handBackPacer(live []*state) {
 			return
 		}
 	}
+}
+
+// wireBacklog is how long requests already let through still queue at
+// the wire; admission counts it against max_wait, so a recurring stall
+// turns into rejections rather than an ever longer queue at the manager.
+func (h *HeartbeatLimit) wireBacklog() time.Duration {
+	if h.pacer == nil {
+		return 0
+	}
+	return h.pacer.Backlog()
 }
 
 // handOnPacer leaves h's pacer in r's variables for the transport, when

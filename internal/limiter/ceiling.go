@@ -44,13 +44,22 @@ func NewCeiling(interval, maxWait time.Duration, clock func() int64) (*Ceiling, 
 // is not, it claims nothing and returns false and how long until a request
 // would be admitted without waiting.
 func (c *Ceiling) Reserve() (bool, time.Duration) {
+	return c.ReserveBehind(0)
+}
+
+// ReserveBehind is Reserve for a request that will, after its slot, also
+// queue behind backlog (requests released earlier and not yet sent, see
+// internal/pacer): the slot is admitted only if its wait plus backlog is
+// within maxWait. The returned wait is the slot's alone; when refused, the
+// duration includes backlog.
+func (c *Ceiling) ReserveBehind(backlog time.Duration) (bool, time.Duration) {
 	for {
 		now := c.clock()
 		next := c.next.Load()
 		start := max(next, now)
 		wait := start - now
-		if wait > c.maxWait {
-			return false, time.Duration(wait)
+		if wait+int64(backlog) > c.maxWait {
+			return false, time.Duration(wait) + backlog
 		}
 		if c.next.CompareAndSwap(next, start+c.interval) {
 			return true, time.Duration(wait)

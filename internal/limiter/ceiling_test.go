@@ -133,3 +133,21 @@ func TestCeilingWaiterWhoseClientLeftIsGone(t *testing.T) {
 		t.Fatalf("Wait = %v, want ErrGone", err)
 	}
 }
+
+func TestCeilingReserveBehindCountsTheBacklogAgainstMaxWait(t *testing.T) {
+	clock := &fakeClock{}
+	c, err := NewCeiling(100*time.Millisecond, time.Second, clock.read)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, wait := c.ReserveBehind(900 * time.Millisecond); !ok || wait != 0 {
+		t.Fatalf("first slot behind 900ms: %v, %v; want admitted, no wait", ok, wait)
+	}
+	// The next slot is 100ms away: with 950ms queued behind it, 1050ms.
+	if ok, wait := c.ReserveBehind(950 * time.Millisecond); ok || wait != 1050*time.Millisecond {
+		t.Fatalf("second slot behind 950ms: %v, %v; want refused after 1.05s", ok, wait)
+	}
+	if ok, wait := c.Reserve(); !ok || wait != 100*time.Millisecond {
+		t.Fatalf("the refusal claimed the slot: Reserve = %v, %v; want admitted in 100ms", ok, wait)
+	}
+}

@@ -32,9 +32,8 @@ type Pacer struct {
 	turn     chan struct{} // holds one token: the waiter allowed to sleep toward its send
 	waiting  atomic.Int64
 
-	// guarded by turn
-	due     int64 // when the next send may go; 0 before the first one
-	started bool
+	due     atomic.Int64 // when the next send may go; written with turn held
+	started bool         // guarded by turn
 }
 
 // New returns a Pacer letting one request through per interval. clock
@@ -77,6 +76,17 @@ func (p *Pacer) Interval() time.Duration { return time.Duration(p.interval.Load(
 // Waiting returns how many requests are waiting for their turn.
 func (p *Pacer) Waiting() int64 { return p.waiting.Load() }
 
+// Backlog returns about how long a request calling Wait now would wait:
+// until the next send is due, and an interval for each request already
+// waiting. After a stall it is the time the pacer needs to catch up, which
+// admission (limiter.Ceiling.ReserveBehind) counts against max_wait, so the
+// queue at the wire stays bounded even when stalls recur.
+func (p *Pacer) Backlog() time.Duration {
+	interval := p.interval.Load()
+	ahead := max(p.due.Load()-p.clock(), 0)
+	return time.Duration(ahead + p.waiting.Load()*interval)
+}
+
 // Wait returns when the caller may send, or the context's cause when it
 // ends first (the caller must then not send).
 func (p *Pacer) Wait(ctx context.Context) error {
@@ -92,11 +102,12 @@ func (p *Pacer) Wait(ctx context.Context) error {
 	for {
 		interval := p.interval.Load()
 		now := p.clock()
-		if !p.started || now >= p.due {
-			if !p.started || now-p.due > interval/2 {
-				p.due = now + interval
+		due := p.due.Load()
+		if !p.started || now >= due {
+			if !p.started || now-due > interval/2 {
+				p.due.Store(now + interval)
 			} else {
-				p.due += interval
+				p.due.Store(due + interval)
 			}
 			p.started = true
 			if timer != nil {
@@ -105,9 +116,9 @@ func (p *Pacer) Wait(ctx context.Context) error {
 			return nil
 		}
 		if timer == nil {
-			timer = time.NewTimer(time.Duration(p.due - now))
+			timer = time.NewTimer(time.Duration(due - now))
 		} else {
-			timer.Reset(time.Duration(p.due - now))
+			timer.Reset(time.Duration(due - now))
 		}
 		select {
 		case <-timer.C:

@@ -73,15 +73,15 @@ func TestPacerWakingLateStartsANewScheduleInsteadOfCatchingUp(t *testing.T) {
 	if err := p.Wait(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if want := int64(time.Second + 10*time.Millisecond); p.due != want {
-		t.Errorf("after a late send the next is due at %v, want %v (one interval after it, not at once)", time.Duration(p.due), time.Duration(want))
+	if want := int64(time.Second + 10*time.Millisecond); p.due.Load() != want {
+		t.Errorf("after a late send the next is due at %v, want %v (one interval after it, not at once)", time.Duration(p.due.Load()), time.Duration(want))
 	}
 	now.Store(int64(time.Second + 14*time.Millisecond)) // 4ms late: within half an interval
 	if err := p.Wait(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if want := int64(time.Second + 20*time.Millisecond); p.due != want {
-		t.Errorf("a send slightly late keeps the schedule: next due %v, want %v", time.Duration(p.due), time.Duration(want))
+	if want := int64(time.Second + 20*time.Millisecond); p.due.Load() != want {
+		t.Errorf("a send slightly late keeps the schedule: next due %v, want %v", time.Duration(p.due.Load()), time.Duration(want))
 	}
 }
 
@@ -127,5 +127,27 @@ func TestPacerSetRateChangesTheSpacingOfLaterSends(t *testing.T) {
 	}
 	if err := p.SetInterval(0); err == nil {
 		t.Error("SetInterval(0) accepted")
+	}
+}
+
+func TestPacerBacklogIsTheWaitOfARequestArrivingNow(t *testing.T) {
+	var now atomic.Int64
+	p, err := New(10*time.Millisecond, now.Load)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := p.Backlog(); got != 0 {
+		t.Errorf("an unused pacer: backlog %v, want 0", got)
+	}
+	if err := p.Wait(context.Background()); err != nil { // next due at 10ms
+		t.Fatal(err)
+	}
+	now.Store(int64(4 * time.Millisecond))
+	if got, want := p.Backlog(), 6*time.Millisecond; got != want {
+		t.Errorf("backlog %v, want %v (until the next send is due)", got, want)
+	}
+	p.waiting.Add(3) // three requests queued behind it
+	if got, want := p.Backlog(), 36*time.Millisecond; got != want {
+		t.Errorf("backlog with 3 waiting: %v, want %v", got, want)
 	}
 }
