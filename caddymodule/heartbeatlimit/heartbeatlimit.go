@@ -24,7 +24,6 @@ import (
 
 	"github.com/legacygate/legacygate/caddymodule/internal/response"
 	"github.com/legacygate/legacygate/internal/limiter"
-	"github.com/legacygate/legacygate/internal/pacer"
 	"github.com/legacygate/legacygate/internal/query"
 )
 
@@ -139,7 +138,7 @@ type HeartbeatLimit struct {
 	fallback       uint64
 	perClient      *limiter.Limiter
 	ceiling        *limiter.Ceiling
-	pacer          *pacer.Pacer
+	pacers         *pacers
 	body           []byte
 	bodyType       string
 	logger         *zap.Logger
@@ -383,8 +382,8 @@ type state struct {
 	lineage   string
 	perClient *limiter.Limiter
 	ceiling   *limiter.Ceiling
-	pacer     *pacer.Pacer
-	spacing   time.Duration // this configuration's interval for pacer
+	pacers    *pacers
+	spacing   time.Duration // this configuration's interval for pacers
 	hasher    limiter.Hasher
 	instance  string
 	tracked   prometheus.Gauge
@@ -452,7 +451,7 @@ func (h *HeartbeatLimit) provisionState() error {
 	}
 	h.poolKey = key
 	st := val.(*state)
-	h.perClient, h.ceiling, h.pacer, h.hasher = st.perClient, st.ceiling, st.pacer, st.hasher
+	h.perClient, h.ceiling, h.pacers, h.hasher = st.perClient, st.ceiling, st.pacers, st.hasher
 	h.fallback = h.hasher.Sum(nil)
 	if h.Distributed != nil {
 		h.Distributed.attach(st.perClient, st.instance)
@@ -598,6 +597,9 @@ func (h *HeartbeatLimit) ServeHTTP(w http.ResponseWriter, r *http.Request, next 
 			if err != nil {
 				return caddyhttp.Error(499, err)
 			}
+		}
+		if err := h.pacers.exit.Wait(r.Context()); err != nil {
+			return caddyhttp.Error(499, err)
 		}
 	}
 	if keyed {

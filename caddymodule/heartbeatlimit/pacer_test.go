@@ -53,6 +53,7 @@ func TestHeartbeatLimitHandsTheTransportAPacerOnlyWithAGlobalRate(t *testing.T) 
 func TestHeartbeatLimitReloadSharesThePacerAndAFailedOneHandsBackItsRate(t *testing.T) {
 	running := provisionHeartbeat(t, "heartbeat_limit {\n zone pacer-reload\n global_rate 100/1s\n}")
 	p := handedPacer(t, running)
+	exit := running.pacers.exit
 	failed := provisionHeartbeat(t, "heartbeat_limit {\n zone pacer-reload\n global_rate 50/1s\n}")
 	if got := handedPacer(t, failed); got != p {
 		t.Fatal("the reloaded configuration has a pacer of its own: both would send at full rate while the old one drains")
@@ -63,7 +64,9 @@ func TestHeartbeatLimitReloadSharesThePacerAndAFailedOneHandsBackItsRate(t *test
 	if err := failed.Cleanup(); err != nil {
 		t.Fatal(err)
 	}
-	if got := p.Interval(); got != 10*time.Millisecond {
-		t.Errorf("pacer after the reload failed: %v, want the running configuration's 10ms", got)
+	for name, p := range map[string]*pacer.Pacer{"wire": p, "exit": exit} {
+		if got := p.Interval(); got != 10*time.Millisecond {
+			t.Errorf("%s pacer after the reload failed: %v, want the running configuration's 10ms", name, got)
+		}
 	}
 }

@@ -76,15 +76,14 @@ func (p *Pacer) Interval() time.Duration { return time.Duration(p.interval.Load(
 // Waiting returns how many requests are waiting for their turn.
 func (p *Pacer) Waiting() int64 { return p.waiting.Load() }
 
-// Backlog returns about how long a request calling Wait now would wait:
-// until the next send is due, and an interval for each request already
-// waiting. After a stall it is the time the pacer needs to catch up, which
-// admission (limiter.Ceiling.ReserveBehind) counts against max_wait, so the
-// queue at the wire stays bounded even when stalls recur.
+// Backlog returns how long the requests already waiting need to be let
+// through: an interval each. After a stall it is the time the pacer needs
+// to catch up, which admission (limiter.Ceiling.ReserveBehind) counts
+// against max_wait, so the queue stays bounded even when stalls recur.
+// The spacing of the next send alone is not counted: the admission's own
+// schedule already holds it.
 func (p *Pacer) Backlog() time.Duration {
-	interval := p.interval.Load()
-	ahead := max(p.due.Load()-p.clock(), 0)
-	return time.Duration(ahead + p.waiting.Load()*interval)
+	return time.Duration(p.waiting.Load() * p.interval.Load())
 }
 
 // Wait returns when the caller may send, or the context's cause when it

@@ -130,24 +130,19 @@ func TestPacerSetRateChangesTheSpacingOfLaterSends(t *testing.T) {
 	}
 }
 
-func TestPacerBacklogIsTheWaitOfARequestArrivingNow(t *testing.T) {
-	var now atomic.Int64
-	p, err := New(10*time.Millisecond, now.Load)
+func TestPacerBacklogIsAnIntervalPerWaitingRequest(t *testing.T) {
+	p, err := New(10*time.Millisecond, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := p.Backlog(); got != 0 {
-		t.Errorf("an unused pacer: backlog %v, want 0", got)
-	}
-	if err := p.Wait(context.Background()); err != nil { // next due at 10ms
+	if err := p.Wait(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	now.Store(int64(4 * time.Millisecond))
-	if got, want := p.Backlog(), 6*time.Millisecond; got != want {
-		t.Errorf("backlog %v, want %v (until the next send is due)", got, want)
+	if got := p.Backlog(); got != 0 {
+		t.Errorf("nobody waiting: backlog %v, want 0 (the next send's spacing is the admission's)", got)
 	}
-	p.waiting.Add(3) // three requests queued behind it
-	if got, want := p.Backlog(), 36*time.Millisecond; got != want {
+	p.waiting.Add(3)
+	if got, want := p.Backlog(), 30*time.Millisecond; got != want {
 		t.Errorf("backlog with 3 waiting: %v, want %v", got, want)
 	}
 }
