@@ -21,11 +21,13 @@ import (
 // order; only the first of them sleeps toward its send time, so however
 // late it wakes, the next one still waits a full interval after it.
 //
-// A send that wakes at most half an interval late keeps the schedule (the
-// next send is due one interval after the planned time, not the late one),
-// so timer slack does not lower the rate; one that wakes later starts a new
-// schedule from now. Either way no calendar second sees more than
-// rate+1 sends.
+// A send that wakes at most an interval, or 10 ms, late (the larger) keeps
+// the schedule: the next send is due one interval after the planned time,
+// not the late one, so timer slack on a loaded host does not lower the
+// rate. One that wakes later starts a new schedule from now: no catching
+// up. Either way no second sees more than the rate plus 1 % (at least
+// plus one) sends: each send is within that slack of a planned time, and
+// planned times are an interval apart.
 type Pacer struct {
 	interval atomic.Int64
 	clock    func() int64
@@ -35,6 +37,11 @@ type Pacer struct {
 	due     atomic.Int64 // when the next send may go; written with turn held
 	started bool         // guarded by turn
 }
+
+// keepSchedule is how late a send may wake and still keep the schedule
+// when the interval is shorter: 1 % of a second, so at most 1 % more sends
+// fall in any second.
+const keepSchedule = int64(10 * time.Millisecond)
 
 // New returns a Pacer letting one request through per interval. clock
 // returns nanoseconds on any monotonic scale; nil means time since New.
@@ -103,7 +110,7 @@ func (p *Pacer) Wait(ctx context.Context) error {
 		now := p.clock()
 		due := p.due.Load()
 		if !p.started || now >= due {
-			if !p.started || now-due > interval/2 {
+			if !p.started || now-due > max(interval, keepSchedule) {
 				p.due.Store(now + interval)
 			} else {
 				p.due.Store(due + interval)
