@@ -97,6 +97,3 @@ func (c *Ceiling) Clock() func() int64 { return c.clock }
 func (c *Ceiling) Carry(prev *Ceiling) {
 	c.next.Store(prev.next.Load())
 }
-
-// Interval returns the spacing between admissions.
-func (c *Ceiling) Interval() time.Duration { return time.Duration(c.interval) }
