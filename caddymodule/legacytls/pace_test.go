@@ -99,9 +99,10 @@ func TestRequestsReleasedTogetherReachTheManagerOnePerInterval(t *testing.T) {
 	}
 	const window = 10 * interval
 	// One more than the window's intervals, and the one at its closed end:
-	// a send at most an interval late keeps its schedule (at 12 ms), and
-	// the write follows the wait closely.
-	if got, limit := busiestWindow(arrivals, window), int(window/interval)+2; got > limit {
+	// a send at most an interval late keeps its schedule (at 12 ms). One
+	// more for the stamps, which the manager's handler takes when a loaded
+	// host gets round to it. Without the pacer all 40 arrive within a few ms.
+	if got, limit := busiestWindow(arrivals, window), int(window/interval)+3; got > limit {
 		t.Errorf("busiest %v at the manager: %d requests, want at most %d", window, got, limit)
 	}
 }
