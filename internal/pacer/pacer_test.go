@@ -46,7 +46,8 @@ func busiest(times []time.Duration, w time.Duration) int {
 func TestPacerNeverLetsMoreThanOnePerIntervalThroughInAnyWindow(t *testing.T) {
 	// Above 10 ms, a late send keeps the schedule only within one
 	// interval: a window holds at most one more than its intervals, plus
-	// the one at its closed end.
+	// the one at its closed end, plus one for the stamps, taken when a
+	// loaded host runs the goroutine after Wait returned.
 	const interval, n = 12 * time.Millisecond, 40
 	p, err := New(interval, nil)
 	if err != nil {
@@ -54,7 +55,7 @@ func TestPacerNeverLetsMoreThanOnePerIntervalThroughInAnyWindow(t *testing.T) {
 	}
 	times := sendTimes(t, p, n)
 	const window = 10 * interval
-	if got, limit := busiest(times, window), int(window/interval)+2; got > limit {
+	if got, limit := busiest(times, window), int(window/interval)+3; got > limit {
 		t.Errorf("busiest %v window: %d sends, want at most %d", window, got, limit)
 	}
 	if span := times[len(times)-1] - times[0]; span < (n-2)*interval {
