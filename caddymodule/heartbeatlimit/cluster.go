@@ -285,6 +285,7 @@ type exchange struct {
 	retention      time.Duration
 	perClient      *limiter.Limiter
 	ceiling        *limiter.Ceiling
+	pacers         *pacers // the exit and wire spacing follow the share
 	globalInterval time.Duration
 	journal        *limiter.Journal
 	epoch          int64 // wall-clock Unix ns at the limiter clock's zero
@@ -359,6 +360,7 @@ func newExchange(h *HeartbeatLimit, st *state) *exchange {
 		timeout:        time.Duration(c.Timeout),
 		perClient:      st.perClient,
 		ceiling:        st.ceiling,
+		pacers:         st.pacers,
 		globalInterval: h.globalInterval,
 		logger:         h.logger,
 		metrics:        h.clusterCounts,
@@ -426,6 +428,9 @@ func (ex *exchange) setMembers(n int64) {
 	if ex.ceiling != nil {
 		share := limiter.ShareInterval(ex.globalInterval, int(n))
 		ex.ceiling.SetInterval(share)
+		if ex.pacers != nil {
+			_ = ex.pacers.setInterval(share) // share ≥ globalInterval, which the pacers accepted
+		}
 		ex.metrics.share.Set(float64(time.Second) / float64(share))
 	}
 	ex.metrics.members.Set(float64(n))

@@ -154,6 +154,7 @@ type HeartbeatLimit struct {
 	fallback       uint64
 	perClient      *limiter.Limiter
 	ceiling        *limiter.Ceiling
+	pacers         *pacers
 	body           []byte
 	bodyType       string
 	logger         *zap.Logger
@@ -419,6 +420,8 @@ type state struct {
 	lineage   string
 	perClient *limiter.Limiter
 	ceiling   *limiter.Ceiling
+	pacers    *pacers
+	spacing   time.Duration // this configuration's interval for pacers
 	hasher    limiter.Hasher
 	instance  string
 	tracked   prometheus.Gauge
@@ -493,7 +496,7 @@ func (h *HeartbeatLimit) provisionState() error {
 	}
 	h.poolKey = key
 	st := val.(*state)
-	h.perClient, h.ceiling, h.hasher = st.perClient, st.ceiling, st.hasher
+	h.perClient, h.ceiling, h.pacers, h.hasher = st.perClient, st.ceiling, st.pacers, st.hasher
 	h.fallback = h.hasher.Sum(nil)
 	if h.Distributed != nil {
 		h.Distributed.attach(st.perClient, st.instance)
@@ -566,7 +569,7 @@ func (s *state) buildLimiters(h *HeartbeatLimit, prev *state) error {
 			s.ceiling.Carry(prev.ceiling)
 		}
 	}
-	return nil
+	return s.buildPacer(h, prev)
 }
 
 // maintain sweeps full buckets and reports the tracked-key gauge.
@@ -604,6 +607,7 @@ func (s *state) Destruct() error {
 		delete(lineages.live, s.lineage)
 	} else {
 		lineages.live[s.lineage] = live
+		s.handBackPacer(live)
 	}
 	lineages.Unlock()
 	close(s.stop)
@@ -641,10 +645,10 @@ func (h *HeartbeatLimit) ServeHTTP(w http.ResponseWriter, r *http.Request, next 
 		if h.exchange != nil {
 			if warming, left := h.exchange.warming(); warming {
 				h.refund(key)
-				return h.reject(w, r, reasonGlobal, left)
+				return h.limited(w, r, key, reasonGlobal, left)
 			}
 		}
-		ok, wait := h.ceiling.Reserve()
+		ok, wait := h.ceiling.ReserveBehind(h.wireBacklog())
 		if !ok {
 			h.refund(key)
 			return h.limited(w, r, key, reasonGlobal, wait-time.Duration(*h.MaxWait))
@@ -653,13 +657,12 @@ func (h *HeartbeatLimit) ServeHTTP(w http.ResponseWriter, r *http.Request, next 
 			h.queue.Inc()
 			err := h.ceiling.Wait(wait, r.Context().Done())
 			h.queue.Dec()
-			if errors.Is(err, limiter.ErrGone) {
+			if err != nil {
 				return caddyhttp.Error(499, err)
 			}
-			if err != nil {
-				h.refund(key)
-				return h.limited(w, r, key, reasonGlobal, h.ceiling.Interval())
-			}
+		}
+		if err := h.pacers.exit.Wait(r.Context()); err != nil {
+			return caddyhttp.Error(499, err)
 		}
 	}
 	if keyed {
@@ -667,6 +670,7 @@ func (h *HeartbeatLimit) ServeHTTP(w http.ResponseWriter, r *http.Request, next 
 	} else {
 		h.counts.allowedFallback.Inc()
 	}
+	h.handOnPacer(r)
 	return h.pass(w, r, key, keyed, next)
 }
 

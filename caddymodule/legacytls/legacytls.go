@@ -256,7 +256,7 @@ func (l *LegacyTLS) RoundTrip(req *http.Request) (*http.Response, error) {
 var errRequestBody = errors.New("legacy_tls: reading the request body")
 
 func (l *LegacyTLS) roundTrip(req *http.Request) (*http.Response, error) {
-	out, body := l.coalesceBody(req)
+	out, body := l.coalesceBody(paceAtTheWire(req))
 	resp, err := l.HTTPTransport.RoundTrip(out)
 	if body != nil {
 		resp, err = l.retryUnsent(out, body, resp, err)

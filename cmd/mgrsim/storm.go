@@ -49,6 +49,8 @@ func runStorm(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	fs.IntVar(&cfg.Goal, "goal", 3000, "heartbeats/s the gateway must sustain with every goal met")
 	fs.DurationVar(&cfg.RejectP99, "reject-p99", 5*time.Millisecond, "the most a rejection's p99 latency may be")
 	fs.BoolVar(&cfg.NoCaddy, "no-caddy", false, "leave stock Caddy out")
+	fs.DurationVar(&cfg.Stall, "stall", 0, "freeze the gateway (SIGSTOP) this long once every --stall-every, as a long GC pause would (default: never)")
+	fs.DurationVar(&cfg.StallEvery, "stall-every", 2*time.Second, "how often --stall freezes the gateway")
 	fs.BoolVar(&asJSON, "json", false, "print the report as JSON")
 	fs.BoolVar(&verbose, "v", false, "print progress")
 	if err := fs.Parse(args); err != nil {

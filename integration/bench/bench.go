@@ -118,6 +118,10 @@ type TargetReport struct {
 	PeakRSS  float64   `json:"peak_rss_mb"`
 	Errors   int64     `json:"errors"`
 	RoundRPS []float64 `json:"round_requests_per_second"`
+	// ManagerHandshakesPer1000 is the TLS handshakes the manager saw per
+	// 1,000 requests answered: what the target's upstream pool costs it.
+	// Absent from reports older than the count.
+	ManagerHandshakesPer1000 *float64 `json:"manager_handshakes_per_1000,omitempty"`
 }
 
 // Ratio is a gateway figure divided by a baseline's (requests/s above 1 is
@@ -165,6 +169,7 @@ type target struct {
 	proc   *process
 	base   string // https://127.0.0.1:PORT
 	hostID string // registered at the manager behind it
+	mgr    *manager.Manager
 }
 
 func (t *target) url(path string) string {
@@ -291,7 +296,7 @@ func startLab(cfg Config) (*lab, error) {
 		if err != nil {
 			return l, err
 		}
-		t := &target{name: s.name, proc: p, base: base}
+		t := &target{name: s.name, proc: p, base: base, mgr: s.mgr}
 		l.targets = append(l.targets, t)
 		if t.hostID, err = register(s.mgr, "bench-"+s.name); err != nil {
 			return l, err
@@ -318,7 +323,7 @@ func startLab(cfg Config) (*lab, error) {
 		if err != nil {
 			return l, err
 		}
-		t := &target{name: b.name, proc: p, base: base}
+		t := &target{name: b.name, proc: p, base: base, mgr: modern}
 		l.targets = append(l.targets, t)
 		if t.hostID, err = register(modern, "bench-"+b.name); err != nil {
 			return l, err
@@ -384,6 +389,8 @@ func stockCaddyfile(dir string, port int, fr front, m *manager.Manager, managerC
 		transport http {
 			tls_trust_pool file %s
 			tls_server_name %s
+			max_conns_per_host 64
+			keepalive_idle_conns_per_host 64
 		}
 	}
 }
@@ -404,7 +411,7 @@ func (l *lab) measure(ctx context.Context, cfg Config, path string) (PathReport,
 			return pr, fmt.Errorf("bench: %s does not answer %s with 2xx", t.name, t.url(path))
 		}
 	}
-	type sample struct{ rps, p50, p99, cpu float64 }
+	type sample struct{ rps, p50, p99, cpu, handshakes float64 }
 	samples := make([][]sample, len(l.targets))
 	errs := make([]int64, len(l.targets))
 	for round := 1; round <= cfg.Rounds; round++ {
@@ -413,7 +420,9 @@ func (l *lab) measure(ctx context.Context, cfg Config, path string) (PathReport,
 			if err != nil {
 				return pr, err
 			}
+			hs0 := t.mgr.Handshakes()
 			res, err := gen.run(ctx, t.url(path), cfg.Connections, cfg.Duration)
+			handshakes := t.mgr.Handshakes() - hs0
 			if err != nil {
 				return pr, err
 			}
@@ -421,11 +430,12 @@ func (l *lab) measure(ctx context.Context, cfg Config, path string) (PathReport,
 			if err != nil {
 				return pr, err
 			}
-			cpuUs := 0.0
+			cpuUs, perK := 0.0, 0.0
 			if res.Requests > 0 {
 				cpuUs = (cpu1 - cpu0) * 1e6 / float64(res.Requests)
+				perK = float64(handshakes) * 1000 / float64(res.Requests)
 			}
-			samples[i] = append(samples[i], sample{res.rps(), ms(res.P50), ms(res.P99), cpuUs})
+			samples[i] = append(samples[i], sample{res.rps(), ms(res.P50), ms(res.P99), cpuUs, perK})
 			errs[i] += res.Errors
 			fmt.Fprintf(cfg.Log, "bench: %s round %d %-17s %9.0f req/s p50 %6.2f ms p99 %7.2f ms cpu %6.0f µs/req errors %d\n",
 				path, round, t.name, res.rps(), ms(res.P50), ms(res.P99), cpuUs, res.Errors)
@@ -451,6 +461,8 @@ func (l *lab) measure(ctx context.Context, cfg Config, path string) (PathReport,
 		tr.P50Ms = pick(func(s sample) float64 { return s.p50 })
 		tr.P99Ms = pick(func(s sample) float64 { return s.p99 })
 		tr.CPUUs = pick(func(s sample) float64 { return s.cpu })
+		perK := pick(func(s sample) float64 { return s.handshakes })
+		tr.ManagerHandshakesPer1000 = &perK
 		for _, s := range samples[i] {
 			tr.RoundRPS = append(tr.RoundRPS, s.rps)
 		}

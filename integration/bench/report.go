@@ -131,15 +131,19 @@ func renderBench(b *bytes.Buffer, name string, r *Report) {
 		cmd += " --no-haproxy"
 	}
 	fmt.Fprintf(b, "Reproduce:\n\n```sh\n%s --json > integration/bench/results/%s\n```\n\n", cmd, name)
-	b.WriteString("| path | generator | target | req/s | p50 ms | p99 ms | CPU µs/req | peak RSS MB | errors |\n|---|---|---|---:|---:|---:|---:|---:|---:|\n")
+	b.WriteString("| path | generator | target | req/s | p50 ms | p99 ms | CPU µs/req | peak RSS MB | errors | manager handshakes / 1,000 req |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, p := range r.Paths {
 		for i, t := range p.Targets {
 			path, gen := p.Path, p.Generator
 			if i > 0 {
 				path, gen = "", ""
 			}
-			fmt.Fprintf(b, "| %s | %s | %s | %s | %.2f | %.1f | %s | %.1f | %d |\n",
-				path, gen, t.Name, thousands(t.RPS), t.P50Ms, t.P99Ms, thousands(t.CPUUs), t.PeakRSS, t.Errors)
+			perK := "" // not measured by older reports
+			if t.ManagerHandshakesPer1000 != nil {
+				perK = fmt.Sprintf("%.1f", *t.ManagerHandshakesPer1000)
+			}
+			fmt.Fprintf(b, "| %s | %s | %s | %s | %.2f | %.1f | %s | %.1f | %d | %s |\n",
+				path, gen, t.Name, thousands(t.RPS), t.P50Ms, t.P99Ms, thousands(t.CPUUs), t.PeakRSS, t.Errors, perK)
 		}
 	}
 	b.WriteString("\nRatios, target ÷ baseline (for req/s above 1 is better, for the others below 1):\n\n")
@@ -175,6 +179,9 @@ func renderStorm(b *bytes.Buffer, name string, r *StormReport) {
 		r.Clients, r.Connections, strings.Join(rates, ","), r.Duration, r.GlobalRate, r.MaxWait, r.Goal, r.RejectP99)
 	if !withCaddy {
 		cmd += " --no-caddy"
+	}
+	if r.Stall != "" {
+		cmd += fmt.Sprintf(" --stall %s --stall-every %s", r.Stall, r.StallEvery)
 	}
 	fmt.Fprintf(b, "Reproduce:\n\n```sh\n%s --json > integration/bench/results/%s\n```\n\n", cmd, name)
 	b.WriteString("| offered/s | target | answered/s | allowed | rejected | errors | late | allowed p99 ms | rejected p50 ms | rejected p99 ms | manager/s | busiest second | CPU µs/answer | RSS MB |\n")

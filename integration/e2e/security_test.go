@@ -67,11 +67,6 @@ func startSecGateway(t *testing.T) *secGateway {
 	t.Setenv("SEPM_MANAGER", startTLSRelay(t, pair, s.up.Addr))
 	t.Setenv("SEPM_PIN", pair.Pin())
 	t.Setenv("SEPM_SERVER_NAME", "manager.test")
-	// The per-client buckets are under test here, not the global ceiling:
-	// at 200/1s a heartbeat waits up to 5 ms for its slot, and the ceiling
-	// refuses one whose timer fires late (limiter.ErrLate), which a loaded
-	// CI machine does now and then.
-	t.Setenv("LEGACYGATE_HEARTBEAT_GLOBAL_RATE", "100000/1s")
 	setExampleKeyFiles(t, pair)
 	s.g = harness.StartGateway(t, exampleCaddyfile(t))
 	s.g.WaitCertificate(t, "localhost")

@@ -144,7 +144,10 @@ type Manager struct {
 	flavor flavor
 	id     atomic.Pointer[identity]
 	fault  atomic.Pointer[Fault]
-	counts map[string]*atomic.Int64 // fixed at New: keys come from the flavor, never from clients
+	// handshakes counts ClientHellos on the HTTPS listener (full and
+	// resumed handshakes alike): what a gateway's pool costs the manager.
+	handshakes atomic.Int64
+	counts     map[string]*atomic.Int64 // fixed at New: keys come from the flavor, never from clients
 
 	contentBytes atomic.Int64 // /content body bytes sent (content.go)
 

@@ -107,5 +107,13 @@ func (m *Manager) serverTLSConfig() *tls.Config {
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 			return &m.id.Load().tlsCert, nil
 		},
+		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+			m.handshakes.Add(1)
+			return nil, nil
+		},
 	}
 }
+
+// Handshakes returns how many TLS handshakes clients began on the HTTPS
+// listener, resumed ones included.
+func (m *Manager) Handshakes() int64 { return m.handshakes.Load() }

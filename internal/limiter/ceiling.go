@@ -11,8 +11,9 @@ import (
 // evenly spaced, so a manager behind it never sees more than its rate in
 // any window. A request that would have to wait longer than maxWait for
 // its slot is refused instead; the rest get a reserved slot and a wait.
-// Slots are kept in real time too: a waiter that wakes long after its slot
-// is refused rather than sent together with later ones.
+// The Ceiling decides admission; a waiter that wakes long after its slot
+// (a starved host) still goes on, and internal/pacer, where the request
+// is written to the manager, keeps late ones from leaving together.
 // Reservations are bounded by maxWait/interval+1, and so are waiters.
 type Ceiling struct {
 	interval atomic.Int64 // SetInterval re-balances a cluster's share
@@ -45,13 +46,22 @@ func NewCeiling(interval, maxWait time.Duration, clock func() int64) (*Ceiling, 
 // is not, it claims nothing and returns false and how long until a request
 // would be admitted without waiting.
 func (c *Ceiling) Reserve() (bool, time.Duration) {
+	return c.ReserveBehind(0)
+}
+
+// ReserveBehind is Reserve for a request that will, after its slot, also
+// queue behind backlog (requests released earlier and not yet sent, see
+// internal/pacer): the slot is admitted only if its wait plus backlog is
+// within maxWait. The returned wait is the slot's alone; when refused, the
+// duration includes backlog.
+func (c *Ceiling) ReserveBehind(backlog time.Duration) (bool, time.Duration) {
 	for {
 		now := c.clock()
 		next := c.next.Load()
 		start := max(next, now)
 		wait := start - now
-		if wait > c.maxWait {
-			return false, time.Duration(wait)
+		if wait+int64(backlog) > c.maxWait {
+			return false, time.Duration(wait) + backlog
 		}
 		if c.next.CompareAndSwap(next, start+c.interval.Load()) {
 			return true, time.Duration(wait)
@@ -59,35 +69,24 @@ func (c *Ceiling) Reserve() (bool, time.Duration) {
 	}
 }
 
-// Errors of Wait.
-var (
-	// ErrLate means the caller woke long after its slot (a starved host
-	// wakes many waiters at once); sending it now would crowd the manager,
-	// so it must be rejected like a request that found no slot.
-	ErrLate = errors.New("woke too late for the reserved slot")
-	// ErrGone means done was closed: the client went away.
-	ErrGone = errors.New("client went away while waiting")
-)
+// ErrGone means Wait's done was closed: the client went away.
+var ErrGone = errors.New("client went away while waiting")
 
 // Wait blocks for d, the wait Reserve returned. It fails with ErrGone when
-// done is closed first, and with ErrLate when it wakes more than one
-// interval (at least 1ms) after d.
+// done is closed first. Waking late is not an error: the admission was
+// decided by Reserve, and the spacing at the manager is the pacer's.
 func (c *Ceiling) Wait(d time.Duration, done <-chan struct{}) error {
 	if d <= 0 {
 		return nil
 	}
-	deadline := c.clock() + int64(d)
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-t.C:
+		return nil
 	case <-done:
 		return ErrGone
 	}
-	if c.clock()-deadline > max(c.interval.Load(), int64(time.Millisecond)) {
-		return ErrLate
-	}
-	return nil
 }
 
 // Clock returns the ceiling's clock, for a successor (NewCeiling, then

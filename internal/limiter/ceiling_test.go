@@ -93,15 +93,14 @@ func TestNewCeilingRejectsBadConfig(t *testing.T) {
 	}
 }
 
-func TestCeilingWaiterWakingLongAfterItsSlotIsLate(t *testing.T) {
+func TestCeilingWaiterWakingLongAfterItsSlotStillGoesOn(t *testing.T) {
 	tests := []struct {
 		name string
 		jump time.Duration
-		want error
 	}{
-		{"on time", 0, nil},
-		{"within one interval", 80 * time.Millisecond, nil},
-		{"a starved host", time.Second, ErrLate},
+		{"on time", 0},
+		{"within one interval", 80 * time.Millisecond},
+		{"a starved host", time.Second},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -116,9 +115,39 @@ func TestCeilingWaiterWakingLongAfterItsSlotIsLate(t *testing.T) {
 				time.Sleep(time.Millisecond)
 				clock.advance(tt.jump)
 			}()
-			if err := c.Wait(5*time.Millisecond, nil); err != tt.want {
-				t.Fatalf("Wait = %v, want %v", err, tt.want)
+			if err := c.Wait(5*time.Millisecond, nil); err != nil {
+				t.Fatalf("Wait = %v, want nil: a late wake is the pacer's to space, not a refusal", err)
 			}
 		})
+	}
+}
+
+func TestCeilingWaiterWhoseClientLeftIsGone(t *testing.T) {
+	c, err := NewCeiling(100*time.Millisecond, time.Second, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	close(done)
+	if err := c.Wait(time.Hour, done); err != ErrGone {
+		t.Fatalf("Wait = %v, want ErrGone", err)
+	}
+}
+
+func TestCeilingReserveBehindCountsTheBacklogAgainstMaxWait(t *testing.T) {
+	clock := &fakeClock{}
+	c, err := NewCeiling(100*time.Millisecond, time.Second, clock.read)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, wait := c.ReserveBehind(900 * time.Millisecond); !ok || wait != 0 {
+		t.Fatalf("first slot behind 900ms: %v, %v; want admitted, no wait", ok, wait)
+	}
+	// The next slot is 100ms away: with 950ms queued behind it, 1050ms.
+	if ok, wait := c.ReserveBehind(950 * time.Millisecond); ok || wait != 1050*time.Millisecond {
+		t.Fatalf("second slot behind 950ms: %v, %v; want refused after 1.05s", ok, wait)
+	}
+	if ok, wait := c.Reserve(); !ok || wait != 100*time.Millisecond {
+		t.Fatalf("the refusal claimed the slot: Reserve = %v, %v; want admitted in 100ms", ok, wait)
 	}
 }
