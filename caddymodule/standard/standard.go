@@ -6,6 +6,7 @@ package standard
 import (
 	// legacygate's modules, commands and directives.
 	_ "github.com/legacygate/legacygate/caddymodule/dashboard"
+	_ "github.com/legacygate/legacygate/caddymodule/handover"
 	_ "github.com/legacygate/legacygate/caddymodule/heartbeatlimit"
 	_ "github.com/legacygate/legacygate/caddymodule/legacytls"
 	_ "github.com/legacygate/legacygate/caddymodule/managerrequest"
