@@ -81,6 +81,11 @@ func (h *Handover) Cleanup() error {
 // WrapListener must come before tls, so that what is handed over is a TCP
 // connection no server has read from yet.
 func (h *Handover) WrapListener(ln net.Listener) net.Listener {
+	if ln.Addr().Network() != "tcp" {
+		// Caddy reuses Unix sockets and file descriptors across loads
+		// already; only TCP sockets are rebound.
+		return ln
+	}
 	return handovers.wrap(h.gen, ln.Addr().Network()+"/"+ln.Addr().String(), ln, h.logger)
 }
 

@@ -303,6 +303,14 @@ func (l *listener) Accept() (net.Conn, error) {
 		}
 		select {
 		case c := <-queue:
+			select {
+			case <-l.closed:
+				// Both were ready and select chose at random: the
+				// connection goes to a listener still open.
+				go l.grp.enqueue([]net.Conn{c})
+				return nil, l.closedErr()
+			default:
+			}
 			tc := &trackedConn{Conn: c, reg: r, grp: l.grp, gen: l.gen}
 			r.mu.Lock()
 			l.grp.fresh[tc] = r.now()
@@ -311,7 +319,7 @@ func (l *listener) Accept() (net.Conn, error) {
 		case <-changed:
 		case <-timeout:
 		case <-l.closed:
-			return nil, &net.OpError{Op: "accept", Net: l.Addr().Network(), Addr: l.Addr(), Err: net.ErrClosed}
+			return nil, l.closedErr()
 		case <-l.grp.done:
 			return nil, l.grp.err
 		}
@@ -319,6 +327,10 @@ func (l *listener) Accept() (net.Conn, error) {
 			timer.Stop()
 		}
 	}
+}
+
+func (l *listener) closedErr() error {
+	return &net.OpError{Op: "accept", Net: l.Addr().Network(), Addr: l.Addr(), Err: net.ErrClosed}
 }
 
 // Close leaves the group; the last user closes the primary.
