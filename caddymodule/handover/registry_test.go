@@ -265,4 +265,3 @@ func TestGenerationsAreOnePerConfigurationAndEndWithTheirLastModule(t *testing.T
 		t.Errorf("%d generations after the last module left, want 1", len(r.gens))
 	}
 }
-
