@@ -42,9 +42,9 @@ type group struct {
 	primary net.Listener
 	users   map[*listener]struct{}
 	queue   chan net.Conn
-	// fresh holds the connections handed to a server and not closed yet,
-	// with when: pruned after registry.settle, so bounded by the accept
-	// rate times settle.
+	// fresh holds the connections handed to a server, with when; each
+	// leaves when it closes or registry.settle after it was handed over,
+	// so at most the accept rate times settle are held.
 	fresh   map[*trackedConn]time.Time
 	closing chan struct{} // closed when the last user left
 	done    chan struct{} // closed when the accept loop ended; err says why
@@ -191,12 +191,8 @@ func (r *registry) settleOlder(grp *group, gen *generation) {
 		now := r.now()
 		var wait time.Duration
 		for c, at := range grp.fresh {
-			age := now.Sub(at)
-			switch {
-			case age >= r.settle:
-				delete(grp.fresh, c)
-			case c.gen.n < gen.n:
-				wait = max(wait, r.settle-age)
+			if c.gen.n < gen.n {
+				wait = max(wait, r.settle-now.Sub(at))
 			}
 		}
 		r.mu.Unlock()
@@ -315,6 +311,7 @@ func (l *listener) Accept() (net.Conn, error) {
 			r.mu.Lock()
 			l.grp.fresh[tc] = r.now()
 			r.mu.Unlock()
+			tc.forget = time.AfterFunc(r.settle, tc.untrack)
 			return tc, nil
 		case <-changed:
 		case <-timeout:
@@ -359,20 +356,26 @@ func (l *listener) Close() error {
 func (l *listener) Addr() net.Addr { return l.grp.primary.Addr() }
 
 // trackedConn is a connection handed to a server, followed until it closes
-// (see registry.settleOlder).
+// or is older than registry.settle (see registry.settleOlder).
 type trackedConn struct {
 	net.Conn
-	reg  *registry
-	grp  *group
-	gen  *generation
-	once sync.Once
+	reg    *registry
+	grp    *group
+	gen    *generation
+	forget *time.Timer
+	once   sync.Once
+}
+
+func (c *trackedConn) untrack() {
+	c.reg.mu.Lock()
+	delete(c.grp.fresh, c)
+	c.reg.mu.Unlock()
 }
 
 func (c *trackedConn) Close() error {
 	c.once.Do(func() {
-		c.reg.mu.Lock()
-		delete(c.grp.fresh, c)
-		c.reg.mu.Unlock()
+		c.forget.Stop()
+		c.untrack()
 	})
 	return c.Conn.Close()
 }

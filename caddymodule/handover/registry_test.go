@@ -224,6 +224,21 @@ func TestANewConfigurationStartsOnceOlderServersFreshConnectionsClosed(t *testin
 			if took := time.Since(start); took < tt.min || took > tt.max {
 				t.Errorf("the newer configuration's wrap took %s, want between %s and %s", took, tt.min, tt.max)
 			}
+			// Tracking ends with the connection or after settle: memory
+			// does not grow with connections held open.
+			deadline := time.Now().Add(200 * time.Millisecond)
+			for {
+				r.mu.Lock()
+				n := len(r.groups[key].fresh)
+				r.mu.Unlock()
+				if n == 0 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("%d connections still tracked after settle", n)
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
 		})
 	}
 }
