@@ -243,8 +243,10 @@ func TestAFailedReloadKeepsTheRunningServerAccepting(t *testing.T) {
 	if failed != 0 {
 		t.Errorf("new connections failed across failed reloads: %s", text)
 	}
-	// A good reload can hold a connection about 1 s (the wrapper's settle).
-	if slowest > 3*time.Second {
+	// A good reload can hold a connection 1 to 2 s (the wrapper's settle
+	// of 1 s, then the queue); without the revert, connections arriving
+	// during the failed load wait most of the 5 s claim.
+	if slowest > 4*time.Second {
 		t.Errorf("a connection took %s: the running server did not resume accepting when the reload failed (%s)", slowest, text)
 	}
 }
