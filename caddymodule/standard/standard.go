@@ -7,6 +7,7 @@ import (
 	// legacygate's modules, commands and directives.
 	_ "github.com/legacygate/legacygate/caddymodule/contentcache"
 	_ "github.com/legacygate/legacygate/caddymodule/dashboard"
+	_ "github.com/legacygate/legacygate/caddymodule/handover"
 	_ "github.com/legacygate/legacygate/caddymodule/heartbeatlimit"
 	_ "github.com/legacygate/legacygate/caddymodule/initcmd"
 	_ "github.com/legacygate/legacygate/caddymodule/legacytls"

@@ -23,9 +23,16 @@ import (
 // losslessCaddyfile is a site that answers without a manager: what is
 // measured is the listener hand-over, not the chain behind it. generation
 // changes on every reload, so each reload really replaces the servers.
+// legacygate_handover is configured as in Caddyfile.example.
 func losslessCaddyfile(port, generation int) string {
 	return fmt.Sprintf(`{
 	grace_period 5s
+	servers {
+		listener_wrappers {
+			legacygate_handover
+			tls
+		}
+	}
 }
 
 localhost:%d {
@@ -43,6 +50,7 @@ type connLoad struct {
 	rate int // new connections per second
 
 	started, ok atomic.Int64
+	slowest     atomic.Int64 // nanoseconds, of a connection that succeeded
 	mu          sync.Mutex
 	failures    map[string]int
 	examples    []string
@@ -74,11 +82,15 @@ func (l *connLoad) run(ctx context.Context) {
 		l.started.Add(1)
 		wg.Go(func() {
 			defer func() { <-inFlight }()
+			start := time.Now()
 			if reason, detail := l.one(); reason != "" {
 				l.fail(reason, detail)
 				return
 			}
 			l.ok.Add(1)
+			took := int64(time.Since(start))
+			for old := l.slowest.Load(); took > old && !l.slowest.CompareAndSwap(old, took); old = l.slowest.Load() {
+			}
 		})
 	}
 }
@@ -134,8 +146,8 @@ func (l *connLoad) report() (failed int64, text string) {
 		failed += int64(n)
 	}
 	sort.Strings(kinds)
-	return failed, fmt.Sprintf("%d connections started, %d succeeded, %d failed %v; examples %q",
-		l.started.Load(), l.ok.Load(), failed, kinds, l.examples)
+	return failed, fmt.Sprintf("%d connections started, %d succeeded (slowest %s), %d failed %v; examples %q",
+		l.started.Load(), l.ok.Load(), time.Duration(l.slowest.Load()).Round(time.Millisecond), failed, kinds, l.examples)
 }
 
 // errorKind names an error without its addresses, so failures group.
@@ -155,9 +167,30 @@ func errorKind(err error) string {
 	return s
 }
 
+// brokenCaddyfile adapts but fails to provision (a CEL expression that
+// does not compile), after the listener wrappers were provisioned.
+func brokenCaddyfile(port int) string {
+	return strings.Replace(losslessCaddyfile(port, -1), "\trespond \"ok\"",
+		"\t@m expression \"bad(((\"\n\trespond @m \"never\"\n\trespond \"ok\"", 1)
+}
+
+// reloadStep does reload number i of the gateway listening on port.
+type reloadStep func(t *testing.T, g *harness.Gateway, port, i int)
+
+func goodReload(t *testing.T, g *harness.Gateway, port, i int) {
+	t.Helper()
+	g.Reload(t, losslessCaddyfile(port, i))
+}
+
 // reloadsUnderNewConnections runs load against a fresh gateway, reloads it
 // reloads times spaced by gap, and returns the load's account.
 func reloadsUnderNewConnections(t *testing.T, rate, reloads int, gap time.Duration) (failed int64, text string) {
+	t.Helper()
+	failed, text, _ = reloadsUnder(t, rate, reloads, gap, goodReload)
+	return failed, text
+}
+
+func reloadsUnder(t *testing.T, rate, reloads int, gap time.Duration, step reloadStep) (failed int64, text string, slowest time.Duration) {
 	t.Helper()
 	port := harness.FreePort(t)
 	g := harness.StartGateway(t, losslessCaddyfile(port, 0))
@@ -168,27 +201,53 @@ func reloadsUnderNewConnections(t *testing.T, rate, reloads int, gap time.Durati
 	go func() { defer close(done); l.run(ctx) }()
 	time.Sleep(gap)
 	for i := 1; i <= reloads; i++ {
-		g.Reload(t, losslessCaddyfile(port, i))
+		step(t, g, port, i)
 		time.Sleep(gap)
 	}
 	cancel()
 	<-done
 	failed, text = l.report()
 	t.Logf("%d reloads under %d new TLS connections/s: %s", reloads, rate, text)
-	return failed, text
+	return failed, text, time.Duration(l.slowest.Load())
 }
 
-// The two tests below measure issue 13's "no new connection is reset
-// across a reload". It does not hold yet (docs/operations/systemd.md gives
-// the figures and the two causes), so both run only with LEGACYGATE_LONG=1:
-// CI would fail on them.
+// TestReloadResetsNoNewConnection is issue 13's "no new connection is
+// reset across a reload", short enough for CI: with legacygate_handover
+// before tls, the first socket stays open across reloads and only the
+// newest configuration's server takes connections (docs/modules/
+// legacygate_handover.md). Without the wrapper it loses a few connections
+// per run (docs/operations/systemd.md).
 func TestReloadResetsNoNewConnection(t *testing.T) {
-	if os.Getenv("LEGACYGATE_LONG") != "1" {
-		t.Skip("set LEGACYGATE_LONG=1: new connections are still lost across reloads (docs/operations/systemd.md)")
-	}
 	failed, text := reloadsUnderNewConnections(t, 200, 3, 700*time.Millisecond)
 	if failed != 0 {
 		t.Errorf("new connections failed across reloads: %s", text)
+	}
+}
+
+// TestAFailedReloadKeepsTheRunningServerAccepting: the older server stops
+// accepting while a newer configuration provisions; when that load fails,
+// it must take connections again at once, not after the 5 s a newer
+// configuration has to claim an address.
+func TestAFailedReloadKeepsTheRunningServerAccepting(t *testing.T) {
+	step := func(t *testing.T, g *harness.Gateway, port, i int) {
+		t.Helper()
+		if i%2 == 0 {
+			goodReload(t, g, port, i)
+			return
+		}
+		if err := g.TryReload(t, brokenCaddyfile(port)); err == nil {
+			t.Fatal("a configuration whose expression does not compile was loaded")
+		}
+	}
+	failed, text, slowest := reloadsUnder(t, 200, 3, 700*time.Millisecond, step)
+	if failed != 0 {
+		t.Errorf("new connections failed across failed reloads: %s", text)
+	}
+	// A good reload can hold a connection 1 to 2 s (the wrapper's settle
+	// of 1 s, then the queue); without the revert, connections arriving
+	// during the failed load wait most of the 5 s claim.
+	if slowest > 4*time.Second {
+		t.Errorf("a connection took %s: the running server did not resume accepting when the reload failed (%s)", slowest, text)
 	}
 }
 
