@@ -42,7 +42,7 @@ func (d *demo) runSteps(ctx context.Context) int {
 		{"a client that talks to the manager directly downloads its policy", c.profileDirect},
 		{"the manager regenerates its key (the accident that orphans clients)", c.regenerate},
 		{"the direct client downloads its policy again", c.profileDirectAfter},
-		{"the gateway's client downloads its policy (old pin still loaded)", c.profileRefused},
+		{"the gateway's client checks in (old pin still loaded)", c.indexRefused},
 		{"the administrator pins the manager's new certificate and reloads", c.repin},
 		{"the gateway's client downloads its policy again", c.profileViaGateway},
 	}
@@ -69,6 +69,8 @@ type clients struct {
 	gateway *http.Client
 	hostID  string
 	oldMgr  *x509.Certificate // the manager certificate the direct client trusts
+	// lastIndex is the index the gateway's client got at its check-in.
+	lastIndex []byte
 }
 
 func (c *clients) gatewayClient() (*http.Client, error) {
@@ -197,6 +199,7 @@ func (c *clients) index(ctx context.Context) (string, error) {
 	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "<Profile") {
 		return "", fmt.Errorf("got %d %q, want 200 and the index", resp.StatusCode, body)
 	}
+	c.lastIndex = body
 	return fmt.Sprintf("200, %d-byte index (unsigned, passed through)", len(body)), nil
 }
 
@@ -328,15 +331,22 @@ func (c *clients) profileDirectAfter(ctx context.Context) (string, error) {
 	return "signature fails against the certificate it trusts: without a new SyLink.xml this client is orphaned", nil
 }
 
-func (c *clients) profileRefused(ctx context.Context) (string, error) {
-	resp, body, err := c.get(ctx, "action=profile&hostid="+c.hostID)
+// indexRefused checks in: the index must come from the manager, through
+// the pin, which refuses the manager's new certificate. The client gets
+// either a 502 or, from heartbeat_limit's last_index, the index it already
+// had ("nothing changed"); nothing the manager sent since the change.
+func (c *clients) indexRefused(ctx context.Context) (string, error) {
+	resp, body, err := c.get(ctx, "action=index&hostid="+c.hostID)
 	if err != nil {
 		return "", err
 	}
-	if resp.StatusCode != http.StatusBadGateway {
-		return "", fmt.Errorf("got %d %q, want 502 while the old pin is loaded", resp.StatusCode, truncate(body))
+	switch {
+	case resp.StatusCode == http.StatusBadGateway:
+		return "502: the gateway refuses the unpinned manager; the client keeps trusting the gateway's certificate and retries (degraded, not orphaned)", nil
+	case resp.StatusCode == http.StatusOK && c.lastIndex != nil && bytes.Equal(body, c.lastIndex):
+		return "200 with the index the client already had (heartbeat_limit's last_index): the pinned transport refused the manager's new certificate (an error line in the log), and the client stays on its interval instead of retrying (degraded, not orphaned)", nil
 	}
-	return "502: the gateway refuses the unpinned manager; the client keeps trusting the gateway's certificate and retries (degraded, not orphaned)", nil
+	return "", fmt.Errorf("got %d %q, want 502 or the client's last index while the old pin is loaded", resp.StatusCode, truncate(body))
 }
 
 func (c *clients) repin(context.Context) (string, error) {
