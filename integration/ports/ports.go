@@ -72,9 +72,12 @@ func claimsDir() (string, error) {
 	return dir, nil
 }
 
-// kernelPort asks the kernel for a free loopback port.
+// kernelPort asks the kernel for a free TCP port.
+// The port is taken on the wildcard address: Caddy binds a site's port on
+// every interface, so a port free on 127.0.0.1 alone (another process's
+// socket on 0.0.0.0 or a single address) could still fail its bind.
 func kernelPort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen("tcp", ":0")
 	if err != nil {
 		return 0, fmt.Errorf("finding a free port: %w", err)
 	}
