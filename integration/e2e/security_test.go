@@ -581,16 +581,23 @@ func TestDecisionKeysHaveOneValueAndOneSpelling(t *testing.T) {
 	t.Run("host id case variants share one heartbeat bucket", func(t *testing.T) {
 		// The example allows a burst of 3 heartbeats per host id.
 		ids := []string{"aaaabbbbccccddddeeeeffff00001111", "AAAABBBBCCCCDDDDEEEEFFFF00001111", "AaAaBbBbCcCcDdDdEeEeFfFf00001111", "aAaAbBbBcCcCdDdDeEeEfFfF00001111"}
-		var codes []int
-		var bodies []string
+		// The fourth is limited: the example answers it with the client's
+		// last index (last_index) or 503, and it never reaches the manager.
+		s.up.Reset()
+		var answers []secResponse
 		for _, id := range ids {
-			r := s.rawRequest(t, secGET(agent+"?action=index&hostid="+id))
-			codes = append(codes, r.status)
-			bodies = append(bodies, fmt.Sprintf("%d %q", r.status, r.body))
+			answers = append(answers, s.rawRequest(t, secGET(agent+"?action=index&hostid="+id)))
 		}
-		if want := []int{200, 200, 200, 503}; !slices.Equal(codes, want) {
-			t.Fatalf("4 heartbeats under one host id in 4 spellings: %v, want %v (one bucket, burst 3); answers: %s",
-				codes, want, strings.Join(bodies, "; "))
+		var codes []int
+		for _, r := range answers {
+			codes = append(codes, r.status)
+		}
+		if sent := len(s.up.Requests()); sent != 3 || !slices.Equal(codes[:3], []int{200, 200, 200}) {
+			t.Fatalf("4 heartbeats under one host id in 4 spellings: %v, %d reached the manager; want 3 (one bucket, burst 3)", codes, sent)
+		}
+		last := answers[3]
+		if last.status != http.StatusServiceUnavailable && (last.status != http.StatusOK || !bytes.Equal(last.body, answers[2].body)) {
+			t.Fatalf("the limited fourth heartbeat: %d %q, want 503 or the client's last index", last.status, last.body)
 		}
 	})
 }
@@ -602,8 +609,14 @@ func TestDecisionKeysHaveOneValueAndOneSpelling(t *testing.T) {
 // configured header size limit holds exactly.
 func TestAnswersLeakNothing(t *testing.T) {
 	s := startSecGateway(t)
-	// Definitions: proxied, and no guard looks at the answer.
-	const content = "/content/{535CB6A4-441F-4e8a-A897-804CD859100E}/190101001/full.zip"
+	// Definitions: proxied, and no guard looks at the answer. Each request
+	// names a revision of its own, so content_cache never answers in the
+	// manager's place.
+	revision := 0
+	content := func() string {
+		revision++
+		return fmt.Sprintf("/content/{535CB6A4-441F-4e8a-A897-804CD859100E}/1901%05d/full.zip", revision)
+	}
 	// A log upload: proxied, not a heartbeat.
 	const agent = "/secars/secars.dll?action=log&hostid=" + secHostID
 	banners := []string{
@@ -653,9 +666,9 @@ func TestAnswersLeakNothing(t *testing.T) {
 				s.setAnswer(t, a.answer)
 				var r secResponse
 				if proto == "HTTP/1.1" {
-					r = s.rawRequest(t, secGET(content))
+					r = s.rawRequest(t, secGET(content()))
 				} else {
-					r = s.get(t, proto, content)
+					r = s.get(t, proto, content())
 				}
 				checkNoLeak(t, r)
 				a.check(t, r)
@@ -712,7 +725,7 @@ func TestAnswersLeakNothing(t *testing.T) {
 
 	t.Run("client forwarding headers never reach the manager", func(t *testing.T) {
 		s.up.Reset()
-		r := s.rawRequest(t, secGET(content,
+		r := s.rawRequest(t, secGET(content(),
 			"X-Real-IP: 6.6.6.6\r\n", "X-Forwarded-For: 6.6.6.6\r\n", "X-Forwarded-Host: manager.internal\r\n",
 			"X-Forwarded-Proto: http\r\n", "Forwarded: for=6.6.6.6\r\n", "X-Client-IP: 6.6.6.6\r\n",
 			"True-Client-IP: 6.6.6.6\r\n", "X-Original-URL: /servlet/ConsoleServlet\r\n", "X-Rewrite-URL: /servlet/ConsoleServlet\r\n"))
@@ -747,9 +760,10 @@ func TestAnswersLeakNothing(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s.up.Reset()
-			base := secGET(content)
+			path := content()
+			base := secGET(path)
 			fill := tc.total - len(base) - len("X-Fill: \r\n")
-			r := s.rawRequest(t, secGET(content, "X-Fill: "+strings.Repeat("B", fill)+"\r\n"))
+			r := s.rawRequest(t, secGET(path, "X-Fill: "+strings.Repeat("B", fill)+"\r\n"))
 			if r.status != tc.want {
 				t.Fatalf("%d-byte head: status %d (%q), want %d", tc.total, r.status, r.body, tc.want)
 			}
