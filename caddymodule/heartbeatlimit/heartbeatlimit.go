@@ -642,27 +642,13 @@ func (h *HeartbeatLimit) ServeHTTP(w http.ResponseWriter, r *http.Request, next 
 		}
 	}
 	if h.ceiling != nil {
-		if h.exchange != nil {
-			if warming, left := h.exchange.warming(); warming {
-				h.refund(key)
-				return h.limited(w, r, key, reasonGlobal, left)
-			}
+		ok, retry, err := h.awaitCeiling(r)
+		if err != nil {
+			return err
 		}
-		ok, wait := h.ceiling.ReserveBehind(h.wireBacklog())
 		if !ok {
 			h.refund(key)
-			return h.limited(w, r, key, reasonGlobal, wait-time.Duration(*h.MaxWait))
-		}
-		if wait > 0 {
-			h.queue.Inc()
-			err := h.ceiling.Wait(wait, r.Context().Done())
-			h.queue.Dec()
-			if err != nil {
-				return caddyhttp.Error(499, err)
-			}
-		}
-		if err := h.pacers.exit.Wait(r.Context()); err != nil {
-			return caddyhttp.Error(499, err)
+			return h.limited(w, r, key, reasonGlobal, retry)
 		}
 	}
 	if keyed {
@@ -672,6 +658,33 @@ func (h *HeartbeatLimit) ServeHTTP(w http.ResponseWriter, r *http.Request, next 
 	}
 	h.handOnPacer(r)
 	return h.pass(w, r, key, keyed, next)
+}
+
+// awaitCeiling holds r to global_rate: a slot within max_wait (none while
+// a new cluster member warms up), then the exit pacer. Not ok: r gets no
+// slot, and retry is when one may free; err: the client went away.
+func (h *HeartbeatLimit) awaitCeiling(r *http.Request) (ok bool, retry time.Duration, err error) {
+	if h.exchange != nil {
+		if warming, left := h.exchange.warming(); warming {
+			return false, left, nil
+		}
+	}
+	ok, wait := h.ceiling.ReserveBehind(h.wireBacklog())
+	if !ok {
+		return false, wait - time.Duration(*h.MaxWait), nil
+	}
+	if wait > 0 {
+		h.queue.Inc()
+		err := h.ceiling.Wait(wait, r.Context().Done())
+		h.queue.Dec()
+		if err != nil {
+			return false, 0, caddyhttp.Error(499, err)
+		}
+	}
+	if err := h.pacers.exit.Wait(r.Context()); err != nil {
+		return false, 0, caddyhttp.Error(499, err)
+	}
+	return true, 0, nil
 }
 
 // refund gives back the token a request took from its client's bucket

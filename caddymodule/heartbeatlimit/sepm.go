@@ -1,18 +1,15 @@
 package heartbeatlimit
 
 import (
-	"errors"
 	"fmt"
 	"net/http"
 	"strings"
-	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/legacygate/legacygate/caddymodule/internal/metrics"
-	"github.com/legacygate/legacygate/internal/limiter"
 	"github.com/legacygate/legacygate/internal/query"
 	"github.com/legacygate/legacygate/internal/secars"
 )
@@ -104,20 +101,13 @@ func (h *HeartbeatLimit) passGlobal(w http.ResponseWriter, r *http.Request, next
 	if h.ceiling == nil {
 		return next.ServeHTTP(w, r)
 	}
-	ok, wait := h.ceiling.Reserve()
+	ok, retry, err := h.awaitCeiling(r)
+	if err != nil {
+		return err
+	}
 	if !ok {
-		return h.reject(w, r, reasonGlobal, wait-time.Duration(*h.MaxWait))
+		return h.reject(w, r, reasonGlobal, retry)
 	}
-	if wait > 0 {
-		h.queue.Inc()
-		err := h.ceiling.Wait(wait, r.Context().Done())
-		h.queue.Dec()
-		if errors.Is(err, limiter.ErrGone) {
-			return caddyhttp.Error(499, err)
-		}
-		if err != nil {
-			return h.reject(w, r, reasonGlobal, h.ceiling.Interval())
-		}
-	}
+	h.handOnPacer(r)
 	return next.ServeHTTP(w, r)
 }
