@@ -11,7 +11,6 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/certmagic"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -354,23 +353,7 @@ func TestHeartbeatClusterWithoutAddressUsesTheStorageRedisClient(t *testing.T) {
 //	go test -run '^$' -bench ServeHTTP ./caddymodule/heartbeatlimit/
 func BenchmarkHeartbeatLimitServeHTTPCluster(b *testing.B) {
 	s := redislab.Start(b, redislab.Options{})
-	h := new(HeartbeatLimit)
-	if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(fmt.Sprintf("heartbeat_limit {\n key {http.request.uri.query.hostid} {http.vars.client_ip}\n rate 1000000000/1s\n burst 1000000000\n cluster redis {\n address %s\n key_prefix %s\n }\n}", s.Addr, uniquePrefix("bench")))); err != nil {
-		b.Fatal(err)
-	}
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-	defer cancel()
-	if err := h.Provision(ctx); err != nil {
-		b.Fatal(err)
-	}
-	defer h.Cleanup()
-	r := heartbeatRequest("GET", "/secars/secars.dll?action=index&hostid=0A1B2C3D", "203.0.113.5", "")
-	w := discardResponse{header: http.Header{}}
-	next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })
-	b.ReportAllocs()
-	for b.Loop() {
-		_ = h.ServeHTTP(w, r, next)
-	}
+	benchAllowedHeartbeat(b, fmt.Sprintf("heartbeat_limit {\n key {http.request.uri.query.hostid} {http.vars.client_ip}\n rate 1000000000/1s\n burst 1000000000\n cluster redis {\n address %s\n key_prefix %s\n }\n}", s.Addr, uniquePrefix("bench")))
 }
 
 func TestHeartbeatClusterCaddyfileSetsEveryField(t *testing.T) {

@@ -468,8 +468,15 @@ func (d discardResponse) Write(b []byte) (int, error) { return len(b), nil }
 func (d discardResponse) WriteHeader(int)             {}
 
 func BenchmarkHeartbeatLimitServeHTTP(b *testing.B) {
+	benchAllowedHeartbeat(b, "heartbeat_limit {\n key {http.request.uri.query.hostid} {http.vars.client_ip}\n rate 1000000000/1s\n burst 1000000000\n}")
+}
+
+// benchAllowedHeartbeat measures the allowed path of the handler config
+// makes.
+func benchAllowedHeartbeat(b *testing.B, config string) {
+	b.Helper()
 	h := new(HeartbeatLimit)
-	if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser("heartbeat_limit {\n key {http.request.uri.query.hostid} {http.vars.client_ip}\n rate 1000000000/1s\n burst 1000000000\n}")); err != nil {
+	if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(config)); err != nil {
 		b.Fatal(err)
 	}
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})

@@ -19,7 +19,7 @@ import (
 // legacyManager is a TLS 1.0-only manager with a SHA-1 certificate.
 func legacyManager(t *testing.T) string {
 	t.Helper()
-	return testManager(t, testPairs()[certs.SHA1], &tls.Config{MinVersion: tls.VersionTLS10, MaxVersion: tls.VersionTLS10})
+	return harness.HandshakeServer(t, testPairs()[certs.SHA1].TLS(), &tls.Config{MinVersion: tls.VersionTLS10, MaxVersion: tls.VersionTLS10})
 }
 
 func writeKey(t *testing.T, kind certs.Kind) string {

@@ -14,32 +14,6 @@ import (
 	"github.com/legacygate/legacygate/integration/harness"
 )
 
-// testManager accepts TLS handshakes with cfg and the pair; it serves
-// nothing else.
-func testManager(t *testing.T, pair *certs.Pair, cfg *tls.Config) string {
-	t.Helper()
-	cfg.Certificates = []tls.Certificate{pair.TLS()}
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer conn.Close()
-				conn.SetDeadline(time.Now().Add(5 * time.Second))
-				_ = conn.(*tls.Conn).Handshake()
-			}()
-		}
-	}()
-	return ln.Addr().String()
-}
-
 // testPairs are made once: RSA keys are slow under the race detector.
 var testPairs = sync.OnceValue(func() map[certs.Kind]*certs.Pair {
 	m := map[certs.Kind]*certs.Pair{}
@@ -81,7 +55,7 @@ func TestProbeManagerReportsWhatTheManagerAccepts(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			pair := testPairs()[tt.kind]
-			addr := testManager(t, pair, tt.server)
+			addr := harness.HandshakeServer(t, pair.TLS(), tt.server)
 			p, err := ProbeManager(context.Background(), addr, "", 5*time.Second)
 			if err != nil {
 				t.Fatal(err)

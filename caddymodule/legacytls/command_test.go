@@ -13,32 +13,6 @@ import (
 	"github.com/legacygate/legacygate/integration/harness"
 )
 
-// pinTestServer accepts TLS connections with the given settings and completes
-// handshakes; it serves nothing else.
-func pinTestServer(t *testing.T, pair *certs.Pair, cfg *tls.Config) string {
-	t.Helper()
-	cfg.Certificates = []tls.Certificate{pair.TLS()}
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer conn.Close()
-				conn.SetDeadline(time.Now().Add(5 * time.Second))
-				_ = conn.(*tls.Conn).Handshake()
-			}()
-		}
-	}()
-	return ln.Addr().String()
-}
-
 func pinTestPair(t *testing.T, kind certs.Kind) *certs.Pair {
 	t.Helper()
 	pair, err := certs.New(kind, "manager.test", 2048)
@@ -77,7 +51,7 @@ func TestPrintPinDescribesLegacyCertificates(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			pair := pinTestPair(t, tc.kind)
-			addr := pinTestServer(t, pair, tc.server)
+			addr := harness.HandshakeServer(t, pair.TLS(), tc.server)
 			var out bytes.Buffer
 			if err := printPin(context.Background(), &out, addr, "", 5*time.Second); err != nil {
 				t.Fatalf("printPin: %v", err)
@@ -97,7 +71,7 @@ func TestPrintPinDescribesLegacyCertificates(t *testing.T) {
 func TestPrintPinSendsServerName(t *testing.T) {
 	pair := pinTestPair(t, certs.Modern)
 	seen := make(chan string, 1)
-	addr := pinTestServer(t, pair, &tls.Config{GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
+	addr := harness.HandshakeServer(t, pair.TLS(), &tls.Config{GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
 		seen <- h.ServerName
 		return nil, nil
 	}})
@@ -171,7 +145,7 @@ func TestWithDefaultPort(t *testing.T) {
 
 func TestPinCommandExitStatus(t *testing.T) {
 	pair := pinTestPair(t, certs.SHA1)
-	addr := pinTestServer(t, pair, &tls.Config{MinVersion: tls.VersionTLS10, MaxVersion: tls.VersionTLS10})
+	addr := harness.HandshakeServer(t, pair.TLS(), &tls.Config{MinVersion: tls.VersionTLS10, MaxVersion: tls.VersionTLS10})
 
 	stdout, _, err := harness.Run(t, "pin", addr)
 	if err != nil || !strings.HasPrefix(stdout, "pin "+pair.Pin()+"\n") {

@@ -1,5 +1,7 @@
-// Package payloadcache is the one cache of re-signed policy payloads: a
-// least-recently-used map bounded in bytes, safe for concurrent use.
+// Package payloadcache is the project's bounded cache: a
+// least-recently-used map bounded in bytes (or in entries, with a size of
+// 1 each), safe for concurrent use. It holds re-signed policy payloads,
+// offloaded profiles and small definitions files.
 package payloadcache
 
 import (
