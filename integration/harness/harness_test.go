@@ -1,15 +1,21 @@
 package harness
 
 import (
+	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/legacygate/legacygate/integration/certs"
 )
 
 func get(t *testing.T, client *http.Client, url string) (int, string) {
@@ -147,4 +153,41 @@ func TestSitePortsAreTheTLSSitesOfTheName(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestWaitCertificateWaitsUntilTheCertificateIsServed stands in for
+// certmagic's gap between logging "certificate obtained successfully" and
+// caching the certificate: the line is already logged, but the server's
+// GetCertificate fails (as certmagic's does, giving the client "tls:
+// internal error") for 300 ms. WaitCertificate must not return before a
+// handshake finds the certificate.
+func TestWaitCertificateWaitsUntilTheCertificateIsServed(t *testing.T) {
+	pair, err := certs.New(certs.Modern, "localhost", 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert := pair.TLS()
+	cachedAt := time.Now().Add(300 * time.Millisecond)
+	addr := HandshakeServer(t, cert, &tls.Config{
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			if time.Now().Before(cachedAt) {
+				return nil, errors.New("no certificate available for 'localhost'")
+			}
+			return &cert, nil
+		},
+	})
+	_, portText, _ := net.SplitHostPort(addr)
+	port, _ := strconv.Atoi(portText)
+	g := &Gateway{Dir: t.TempDir(), logs: &lockedBuffer{}}
+	if err := os.WriteFile(filepath.Join(g.Dir, "Caddyfile"), fmt.Appendf(nil, "localhost:%d {\n\ttls internal\n}\n", port), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintln(g.logs, `{"level":"info","logger":"tls.obtain","msg":"certificate obtained successfully","identifier":"localhost","issuer":"local"}`)
+
+	g.WaitCertificate(t, "localhost")
+	conn, err := tls.Dial("tcp", addr, &tls.Config{ServerName: "localhost", InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatalf("WaitCertificate returned while the certificate was not served yet: %v", err)
+	}
+	conn.Close()
 }
