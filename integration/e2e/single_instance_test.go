@@ -77,6 +77,7 @@ func secondRun(t *testing.T, g *harness.Gateway, env []string, args ...string) (
 func TestSecondRunOfTheSameConfigurationRefusesAndNamesTheRunningInstance(t *testing.T) {
 	port := harness.FreePort(t)
 	g := harness.StartGateway(t, fmt.Sprintf("localhost:%d {\n\ttls internal\n\trespond \"first\"\n}\n", port))
+	g.WaitCertificate(t, "localhost")
 
 	out, served, err := secondRun(t, g, nil)
 	if served || err == nil {
