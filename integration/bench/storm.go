@@ -114,6 +114,10 @@ type StormTarget struct {
 	ManagerPeak   int64              `json:"manager_busiest_second"`
 	CPUUs         float64            `json:"cpu_us_per_answer"`
 	RSSMB         float64            `json:"rss_mb"`
+	// IdleKBPerConn is what each open, not yet used connection added to
+	// the target's resident memory: RSS once every connection is open,
+	// less RSS before the first was opened, over the connections.
+	IdleKBPerConn float64 `json:"idle_kb_per_connection"`
 	// Verdict is empty when the gateway met every goal at this rate, else
 	// why not (stock Caddy has no goals and no verdict).
 	Verdict string `json:"verdict,omitempty"`
@@ -376,11 +380,20 @@ func (l *stormLab) stormOne(ctx context.Context, cfg StormConfig, t *target, hos
 			c.close()
 		}
 	}()
+	rss0, err := t.proc.tree().rss()
+	if err != nil {
+		return st, err
+	}
 	t0 := time.Now()
 	if err := connectAll(ctx, conns); err != nil {
 		return st, fmt.Errorf("storm: %s: %w", t.name, err)
 	}
 	st.Connect = time.Since(t0).Round(10 * time.Millisecond).String()
+	rssIdle, err := t.proc.tree().rss()
+	if err != nil {
+		return st, err
+	}
+	st.IdleKBPerConn = float64(rssIdle-rss0) / 1024 / float64(len(conns))
 	fmt.Fprintf(cfg.Log, "storm: %d connections to %s open in %s; %d clients storming at %d/s for %s\n", len(conns), t.name, st.Connect, len(reqs), rate, cfg.Duration)
 
 	cpu0, err := t.proc.tree().cpuSeconds()
@@ -523,12 +536,12 @@ func (r *StormReport) Print(w io.Writer) {
 	fmt.Fprintf(w, "storm: %d clients on %d keep-alive TLS connections, %s per step and target; gateway: global_rate %d/s, max_wait %s, rate 1/60s, burst 3\n\n",
 		r.Clients, r.Connections, r.Duration, r.GlobalRate, r.MaxWait)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "offered/s\ttarget\tanswered/s\tallowed\trejected\terrors\tlate\tallowed p99 ms\trejected p50 ms\trejected p99 ms\tmanager/s\tbusiest s\tCPU µs/answer\tRSS MB\t")
+	fmt.Fprintln(tw, "offered/s\ttarget\tanswered/s\tallowed\trejected\terrors\tlate\tallowed p99 ms\trejected p50 ms\trejected p99 ms\tmanager/s\tbusiest s\tCPU µs/answer\tRSS MB\tidle KB/conn\t")
 	for _, s := range r.Steps {
 		for _, t := range s.Targets {
-			fmt.Fprintf(tw, "%d\t%s\t%.0f\t%d\t%d\t%d\t%.1f%%\t%.2f\t%.2f\t%.2f\t%.0f\t%d\t%.0f\t%.0f\t\n",
+			fmt.Fprintf(tw, "%d\t%s\t%.0f\t%d\t%d\t%d\t%.1f%%\t%.2f\t%.2f\t%.2f\t%.0f\t%d\t%.0f\t%.0f\t%.1f\t\n",
 				s.Rate, t.Name, t.Answered, t.Allowed, t.Rejected, t.Errors, 100*t.LateShare, t.AllowedP99Ms,
-				t.RejectedP50Ms, t.RejectedP99Ms, t.ManagerRate, t.ManagerPeak, t.CPUUs, t.RSSMB)
+				t.RejectedP50Ms, t.RejectedP99Ms, t.ManagerRate, t.ManagerPeak, t.CPUUs, t.RSSMB, t.IdleKBPerConn)
 		}
 	}
 	tw.Flush()
