@@ -397,7 +397,8 @@ func stockCaddyfile(dir string, port int, fr front, m *manager.Manager, managerC
 `, port, fr.certFile, fr.keyFile, m.Addrs().HTTPS, managerCert, managerName), nil
 }
 
-// measure runs the rounds of one path: every target once per round, in turn.
+// measure runs the rounds of one path: every target once per round, in turn,
+// each round starting one target later.
 func (l *lab) measure(ctx context.Context, cfg Config, path string) (PathReport, error) {
 	var gen generator = goLoad{newConnEach: path == PathHandshake}
 	if cfg.Wrk != "" && path != PathHandshake {
@@ -415,7 +416,11 @@ func (l *lab) measure(ctx context.Context, cfg Config, path string) (PathReport,
 	samples := make([][]sample, len(l.targets))
 	errs := make([]int64, len(l.targets))
 	for round := 1; round <= cfg.Rounds; round++ {
-		for i, t := range l.targets {
+		// Each round starts with the next target, so no target always runs
+		// first (after another path's load) or last.
+		for k := range l.targets {
+			i := (k + round - 1) % len(l.targets)
+			t := l.targets[i]
 			cpu0, err := t.proc.tree().cpuSeconds()
 			if err != nil {
 				return pr, err

@@ -184,8 +184,8 @@ func renderStorm(b *bytes.Buffer, name string, r *StormReport) {
 		cmd += fmt.Sprintf(" --stall %s --stall-every %s", r.Stall, r.StallEvery)
 	}
 	fmt.Fprintf(b, "Reproduce:\n\n```sh\n%s --json > integration/bench/results/%s\n```\n\n", cmd, name)
-	b.WriteString("| offered/s | target | answered/s | allowed | rejected | errors | late | allowed p99 ms | rejected p50 ms | rejected p99 ms | manager/s | busiest second | CPU µs/answer | RSS MB |\n")
-	b.WriteString("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	b.WriteString("| offered/s | target | answered/s | allowed | rejected | errors | late | allowed p99 ms | rejected p50 ms | rejected p99 ms | manager/s | busiest second | CPU µs/answer | RSS MB | idle KB/conn |\n")
+	b.WriteString("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	nominal := false
 	for _, s := range r.Steps {
 		for i, t := range s.Targets {
@@ -202,10 +202,14 @@ func renderStorm(b *bytes.Buffer, name string, r *StormReport) {
 			if t.Rejected > 0 {
 				rejP50, rejP99 = fmt.Sprintf("%.2f", t.RejectedP50Ms), fmt.Sprintf("%.2f", t.RejectedP99Ms)
 			}
-			fmt.Fprintf(b, "| %s | %s | %s | %s | %s | %d | %.1f %% | %s | %s | %s | %s | %d | %s | %.0f |\n",
+			idle := "" // reports from before the column have none
+			if t.IdleKBPerConn > 0 {
+				idle = fmt.Sprintf("%.1f", t.IdleKBPerConn)
+			}
+			fmt.Fprintf(b, "| %s | %s | %s | %s | %s | %d | %.1f %% | %s | %s | %s | %s | %d | %s | %.0f | %s |\n",
 				rate, t.Name, answered, thousands(float64(t.Allowed)), thousands(float64(t.Rejected)), t.Errors,
 				100*t.LateShare, thousands(t.AllowedP99Ms), rejP50, rejP99, thousands(t.ManagerRate), t.ManagerPeak,
-				thousands(t.CPUUs), t.RSSMB)
+				thousands(t.CPUUs), t.RSSMB, idle)
 		}
 	}
 	if nominal {
