@@ -81,11 +81,14 @@ type LegacyTLS struct {
 	// before the 503. Default: 5s.
 	MaxConnWait caddy.Duration `json:"max_conn_wait,omitempty"`
 
-	pool       *pool
-	pins       [][sha256.Size]byte
-	logger     *zap.Logger
-	handshakes *prometheus.CounterVec
-	retries    *prometheus.CounterVec
+	pool *pool
+	// abandonedLimit bounds a request whose client left after it was
+	// written (outliveClient); tests shorten it.
+	abandonedLimit time.Duration
+	pins           [][sha256.Size]byte
+	logger         *zap.Logger
+	handshakes     *prometheus.CounterVec
+	retries        *prometheus.CounterVec
 }
 
 // CaddyModule returns the Caddy module information.
@@ -240,15 +243,20 @@ func (l *LegacyTLS) RoundTrip(req *http.Request) (*http.Response, error) {
 		l.logFailure(req, poolExhaustedReason, err)
 		return busyResponse(req, time.Duration(l.MaxConnWait)), nil
 	}
-	resp, err := l.roundTrip(req)
+	out, done := outliveClient(req, l.abandonedLimit)
+	resp, err := l.roundTrip(out)
 	if err != nil {
+		done()
 		l.pool.release()
 		if reason := failureReason(err); reason != "" {
 			l.logFailure(req, reason, err)
 		}
 		return nil, err
 	}
-	holdUntilBodyDone(resp, l.pool.release)
+	holdUntilBodyDone(resp, func() {
+		done()
+		l.pool.release()
+	})
 	return resp, nil
 }
 

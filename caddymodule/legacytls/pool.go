@@ -243,6 +243,9 @@ func (l *LegacyTLS) provisionPool(ctx caddy.Context) error {
 		return fmt.Errorf("legacy_tls: %w", err)
 	}
 	l.pool = newPool(l.MaxConns, time.Duration(l.MaxConnWait), gauges)
+	if l.abandonedLimit == 0 {
+		l.abandonedLimit = abandonedLimit
+	}
 	return nil
 }
 
@@ -273,8 +276,8 @@ func failureReason(err error) string {
 			return "dial_failed"
 		}
 	}
-	if errors.Is(err, context.Canceled) {
-		return ""
+	if errors.Is(err, context.Canceled) || errors.Is(err, errAbandoned) {
+		return "" // the client left: not the manager's failure
 	}
 	if errors.Is(err, errRequestBody) {
 		return "request_body"

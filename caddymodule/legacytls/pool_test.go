@@ -28,6 +28,7 @@ type countingManager struct {
 	addr       string
 	pin        string
 	handshakes atomic.Int64
+	requests   atomic.Int64 // requests that reached the handler
 	mu         sync.Mutex
 	gate       chan struct{}
 }
@@ -52,6 +53,7 @@ func newCountingManager(tb testing.TB) *countingManager {
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body)
+		m.requests.Add(1)
 		m.mu.Lock()
 		gate := m.gate
 		m.mu.Unlock()
@@ -281,7 +283,7 @@ func TestFailuresAreLoggedOnceWithReasonUpstreamAndPath(t *testing.T) {
 		{"pin mismatch", m.addr, "pin_mismatch", func(l *LegacyTLS) { l.Pins = []string{testPin} }, nil},
 		{"handshake", m.addr, "handshake", func(l *LegacyTLS) { l.MinVersion, l.MaxVersion = "tls1.3", "tls1.3" }, nil},
 		{"timeout", m.addr, "timeout", func(l *LegacyTLS) { l.ResponseHeaderTimeout = caddy.Duration(50 * time.Millisecond) }, nil},
-		{"client gone is no failure", m.addr, "", nil, func() (context.Context, context.CancelFunc) {
+		{"client gone is no failure", m.addr, "", func(l *LegacyTLS) { l.abandonedLimit = 100 * time.Millisecond }, func() (context.Context, context.CancelFunc) {
 			ctx, cancel := context.WithCancel(context.Background())
 			time.AfterFunc(50*time.Millisecond, cancel)
 			return ctx, cancel
