@@ -558,8 +558,18 @@ func heartbeatRound(b *testing.B, c *http.Client, port, workers int, d time.Dura
 func TestHeartbeatLimitReloadKeepsALimitedClientLimited(t *testing.T) {
 	m := startHeartbeatManager(t)
 	port := harness.FreePort(t)
+	// legacygate_handover as Caddyfile.example ships it: without it a
+	// reload can reset connections (docs/modules/legacygate_handover.md).
 	site := func(extra, rate string) string {
-		return fmt.Sprintf(`
+		return fmt.Sprintf(`{
+	servers {
+		listener_wrappers {
+			legacygate_handover
+			tls
+		}
+	}
+}
+
 http://127.0.0.1:%d {
 %s	heartbeat_limit {
 		key {query.hostid}
@@ -627,11 +637,10 @@ func heartbeatFleetDuringReload(t *testing.T, base string, reload func()) heartb
 		sent  atomic.Int64
 	)
 	stop := make(chan struct{})
-	// Each worker keeps its connection, as agents do. A connection opened
-	// in the instant the old configuration's socket closes can be reset by
-	// the kernel (Caddy rebinds with SO_REUSEPORT on reload, and the old
-	// socket's accept queue is dropped): that is Caddy's limit, documented
-	// in the README; kept-alive requests cross the reload unharmed.
+	// Each worker keeps its connection, as agents do. A kept-alive
+	// connection the old configuration closes as a request arrives on it
+	// fails that request, which Go's client sends again on a new
+	// connection; the gateway must accept that one (legacygate_handover).
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 8}}
 	defer client.CloseIdleConnections()
 	for w := range 8 {
