@@ -102,7 +102,7 @@ func ProbeManager(ctx context.Context, addr, serverName string, timeout time.Dur
 	}
 
 	// A dead address fails fast here, before a dozen more handshakes.
-	if _, err := hs(tls.VersionTLS10, tls.VersionTLS13, allCipherSuites()); err != nil {
+	if _, err := hs(tls.VersionTLS10, tls.VersionTLS13, legacytls.AllCipherSuites()); err != nil {
 		var netErr net.Error
 		var opErr *net.OpError
 		if errors.As(err, &opErr) || errors.As(err, &netErr) || errors.Is(err, context.DeadlineExceeded) {
@@ -111,7 +111,7 @@ func ProbeManager(ctx context.Context, addr, serverName string, timeout time.Dur
 		return nil, fmt.Errorf("--manager %s: no TLS handshake succeeded with any version from TLS 1.0 and any cipher suite Go has: %w", addr, err)
 	}
 	for _, v := range probeVersions {
-		state, err := hs(v, v, allCipherSuites())
+		state, err := hs(v, v, legacytls.AllCipherSuites())
 		if err != nil {
 			if v == tls.VersionTLS12 && signatureRefused(err) {
 				p.SHA1HandshakeSignatures, p.TLS12SignatureRefused = true, true
@@ -139,7 +139,7 @@ func ProbeManager(ctx context.Context, addr, serverName string, timeout time.Dur
 			break
 		}
 	}
-	for _, s := range allCipherSuites() {
+	for _, s := range legacytls.AllCipherSuites() {
 		if _, err := hs(tls.VersionTLS10, tls.VersionTLS12, []uint16{s}); err == nil {
 			p.Suites = append(p.Suites, s)
 		}
@@ -169,18 +169,6 @@ func handshake(ctx context.Context, addr string, cfg *tls.Config, timeout time.D
 		return state, errors.New("no certificate presented")
 	}
 	return state, nil
-}
-
-// allCipherSuites is every TLS 1.0-1.2 suite Go implements, secure ones
-// first, as `legacygate pin` offers them.
-func allCipherSuites() []uint16 {
-	var ids []uint16
-	for _, s := range slices.Concat(tls.CipherSuites(), tls.InsecureCipherSuites()) {
-		if !slices.Equal(s.SupportedVersions, []uint16{tls.VersionTLS13}) {
-			ids = append(ids, s.ID)
-		}
-	}
-	return ids
 }
 
 // versionName is the name legacy_tls's min_version takes.

@@ -81,7 +81,7 @@ func legacyHandshake(ctx context.Context, addr, serverName string, timeout time.
 		ServerName:         serverName,
 		InsecureSkipVerify: true, // we only read the certificate, to pin it
 		MinVersion:         tls.VersionTLS10,
-		CipherSuites:       allCipherSuites(),
+		CipherSuites:       AllCipherSuites(),
 	}}
 	conn, err := dialer.DialContext(ctx, "tcp", addr)
 	if err != nil {
@@ -95,8 +95,9 @@ func legacyHandshake(ctx context.Context, addr, serverName string, timeout time.
 	return state, nil
 }
 
-// allCipherSuites is every TLS 1.0-1.2 suite Go implements, secure ones first.
-func allCipherSuites() []uint16 {
+// AllCipherSuites is every TLS 1.0-1.2 suite Go implements, secure ones
+// first: what `legacygate pin` and `legacygate init` offer a manager.
+func AllCipherSuites() []uint16 {
 	var ids []uint16
 	for _, s := range slices.Concat(tls.CipherSuites(), tls.InsecureCipherSuites()) {
 		if !slices.Equal(s.SupportedVersions, []uint16{tls.VersionTLS13}) {
