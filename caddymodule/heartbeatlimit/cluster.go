@@ -20,6 +20,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/legacygate/legacygate/caddymodule/internal/metrics"
+	"github.com/legacygate/legacygate/caddymodule/internal/redispool"
 	"github.com/legacygate/legacygate/internal/limiter"
 )
 
@@ -106,7 +107,7 @@ const (
 )
 
 // redisConn is a Redis client and, if this package opened it, its key in
-// redisClients.
+// redispool.
 type redisConn struct {
 	client  redis.UniversalClient
 	addr    string
@@ -194,25 +195,11 @@ func (c *HeartbeatCluster) connect(ctx caddy.Context) error {
 	if c.TLS {
 		opts.TLSConfig = &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12}
 	}
-	poolKey := fmt.Sprintf("%s\x00%s\x00%s\x00%d\x00%t\x00%d", addr, opts.Username, opts.Password, c.DB, c.TLS, c.Timeout)
-	val, _, err := redisClients.LoadOrNew(poolKey, func() (caddy.Destructor, error) {
-		return pooledClient{redis.NewUniversalClient(opts)}, nil
-	})
-	if err != nil {
-		return err
-	}
-	c.conn = &redisConn{client: val.(pooledClient).UniversalClient, addr: addr, poolKey: poolKey}
+	poolKey := fmt.Sprintf("heartbeat_limit|%q|%q|%q|%d|%t|%d", addr, opts.Username, opts.Password, c.DB, c.TLS, c.Timeout)
+	client := redispool.Acquire(poolKey, func() redis.UniversalClient { return redis.NewUniversalClient(opts) })
+	c.conn = &redisConn{client: client, addr: addr, poolKey: poolKey}
 	return nil
 }
-
-// redisClients holds this package's own Redis clients, one per connection
-// setting, so that a reload reuses the running one and a client closes only
-// when no configuration uses it any more.
-var redisClients = caddy.NewUsagePool()
-
-type pooledClient struct{ redis.UniversalClient }
-
-func (p pooledClient) Destruct() error { return p.Close() }
 
 // quietRedis routes go-redis's own log lines (one per failed dial) to
 // zap at debug level: an outage is logged once, by the exchange.
@@ -229,7 +216,7 @@ func (r redisLogger) Printf(_ context.Context, format string, v ...any) {
 // close lets go of the client if this package opened it.
 func (c *HeartbeatCluster) close() {
 	if c.conn != nil && c.conn.poolKey != "" {
-		_, _ = redisClients.Delete(c.conn.poolKey)
+		redispool.Release(c.conn.poolKey)
 	}
 	c.conn = nil
 }

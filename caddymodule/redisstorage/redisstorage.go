@@ -27,6 +27,8 @@ import (
 	"github.com/caddyserver/certmagic"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
+
+	"github.com/legacygate/legacygate/caddymodule/internal/redispool"
 )
 
 func init() {
@@ -130,7 +132,7 @@ func (s *Storage) Provision(ctx caddy.Context) error {
 	}
 	s.mu, s.held = new(sync.Mutex), map[string]*heldLock{}
 	s.addr = opts.Addrs[0]
-	s.client = pool.acquire(s.poolKey, func() redis.UniversalClient { return redis.NewUniversalClient(opts) })
+	s.client = redispool.Acquire(s.poolKey, func() redis.UniversalClient { return redis.NewUniversalClient(opts) })
 	s.locker = redislock.New(s.client)
 	if err := s.waitReachable(ctx, opts.Addrs[0]); err != nil {
 		return fmt.Errorf("caddy.storage.redis: %w", err)
@@ -188,7 +190,7 @@ func (s *Storage) options() (*redis.UniversalOptions, error) {
 		return nil, err
 	}
 	// Every setting that makes a connection different.
-	s.poolKey = fmt.Sprintf("%q|%d|%q|%q|%q|%s|%t|%t|%q|%q", addr, opts.DB, opts.Username, opts.Password,
+	s.poolKey = fmt.Sprintf("storage|%q|%d|%q|%q|%q|%s|%t|%t|%q|%q", addr, opts.DB, opts.Username, opts.Password,
 		opts.ClientName, s.timeout, s.TLSEnabled, s.TLSInsecure, s.TLSServerCertsPEM, s.TLSServerCertsPath)
 	return opts, nil
 }
@@ -315,7 +317,7 @@ func (s *Storage) waitReachable(ctx context.Context, addr string) error {
 // are left to their holders' Unlock.
 func (s *Storage) Cleanup() error {
 	if s.client != nil {
-		pool.release(s.poolKey)
+		redispool.Release(s.poolKey)
 	}
 	return nil
 }

@@ -1,4 +1,7 @@
-package redisstorage
+// Package redispool shares Redis clients between the modules that open
+// them (caddy.storage.redis, heartbeat_limit's cluster), one per set of
+// connection settings, across reloads.
+package redispool
 
 import (
 	"sync"
@@ -7,15 +10,14 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// closeGrace is how long a connection no configuration uses any more stays
+// closeGrace is how long a client no configuration uses any more stays
 // open. Caddy cleans up a configuration's modules in no set order, so the
-// legacygate app's final save may come after this storage's Cleanup; and a
+// legacygate app's final save may come after the storage's Cleanup; and a
 // reload provisions the new configuration before the old one is cleaned
-// up, so the new one takes the connection over without reconnecting.
+// up, so the new one takes the client over without reconnecting.
 const closeGrace = 30 * time.Second
 
-// clientPool shares one connection between storage instances with the
-// same connection settings, across reloads.
+// clientPool shares one client between the users that give the same key.
 type clientPool struct {
 	mu      sync.Mutex
 	entries map[string]*pooled
@@ -28,6 +30,19 @@ type pooled struct {
 }
 
 var pool = &clientPool{entries: map[string]*pooled{}}
+
+// Acquire returns the client open for key, or the one dial makes. key must
+// name every setting that makes a client different (address, credentials,
+// database, TLS, timeouts, pool size) and the module asking, so that
+// differently configured clients are never shared. Each Acquire needs one
+// Release.
+func Acquire(key string, dial func() redis.UniversalClient) redis.UniversalClient {
+	return pool.acquire(key, dial)
+}
+
+// Release gives key's client back; the last Release closes it after
+// closeGrace, unless it is acquired again before.
+func Release(key string) { pool.release(key) }
 
 func (p *clientPool) acquire(key string, dial func() redis.UniversalClient) redis.UniversalClient {
 	p.mu.Lock()
