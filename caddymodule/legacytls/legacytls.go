@@ -83,7 +83,7 @@ type LegacyTLS struct {
 
 	pool *pool
 	// abandonedLimit bounds a request whose client left after it was
-	// written (outliveClient); tests shorten it.
+	// written (atTheWire); tests shorten it.
 	abandonedLimit time.Duration
 	pins           [][sha256.Size]byte
 	logger         *zap.Logger
@@ -243,7 +243,7 @@ func (l *LegacyTLS) RoundTrip(req *http.Request) (*http.Response, error) {
 		l.logFailure(req, poolExhaustedReason, err)
 		return busyResponse(req, time.Duration(l.MaxConnWait)), nil
 	}
-	out, done := outliveClient(req, l.abandonedLimit)
+	out, done := atTheWire(req, l.abandonedLimit)
 	resp, err := l.roundTrip(out)
 	if err != nil {
 		done()
@@ -264,7 +264,7 @@ func (l *LegacyTLS) RoundTrip(req *http.Request) (*http.Response, error) {
 var errRequestBody = errors.New("legacy_tls: reading the request body")
 
 func (l *LegacyTLS) roundTrip(req *http.Request) (*http.Response, error) {
-	out, body := l.coalesceBody(paceAtTheWire(req))
+	out, body := l.coalesceBody(req)
 	resp, err := l.HTTPTransport.RoundTrip(out)
 	if body != nil {
 		resp, err = l.retryUnsent(out, body, resp, err)
