@@ -243,20 +243,17 @@ func (l *LegacyTLS) RoundTrip(req *http.Request) (*http.Response, error) {
 		l.logFailure(req, poolExhaustedReason, err)
 		return busyResponse(req, time.Duration(l.MaxConnWait)), nil
 	}
-	out, done := atTheWire(req, l.abandonedLimit)
+	out, w := atTheWire(req, l.abandonedLimit)
 	resp, err := l.roundTrip(out)
 	if err != nil {
-		done()
+		w.done()
 		l.pool.release()
 		if reason := failureReason(err); reason != "" {
 			l.logFailure(req, reason, err)
 		}
 		return nil, err
 	}
-	holdUntilBodyDone(resp, func() {
-		done()
-		l.pool.release()
-	})
+	holdUntilBodyDone(resp, w, l.pool)
 	return resp, nil
 }
 

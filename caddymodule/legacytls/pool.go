@@ -140,12 +140,14 @@ func (c *countedConn) Close() error {
 	return c.Conn.Close()
 }
 
-// releasingBody gives the slot back when the response body ends or is
-// closed: only then does the connection become free for another request.
+// releasingBody ends the request's wire and gives the slot back when the
+// response body ends or is closed: only then does the connection become
+// free for another request.
 type releasingBody struct {
 	io.ReadCloser
-	once    sync.Once
-	release func()
+	once sync.Once
+	wire *wire
+	pool *pool
 }
 
 func (b *releasingBody) Read(p []byte) (int, error) {
@@ -162,6 +164,11 @@ func (b *releasingBody) Close() error {
 	return err
 }
 
+func (b *releasingBody) release() {
+	b.wire.done()
+	b.pool.release()
+}
+
 // releasingUpgradeBody keeps the Write of a 101 response's body, which
 // reverse_proxy needs to relay an upgraded connection.
 type releasingUpgradeBody struct {
@@ -171,8 +178,8 @@ type releasingUpgradeBody struct {
 
 func (b releasingUpgradeBody) Write(p []byte) (int, error) { return b.w.Write(p) }
 
-func holdUntilBodyDone(resp *http.Response, release func()) {
-	body := &releasingBody{ReadCloser: resp.Body, release: release}
+func holdUntilBodyDone(resp *http.Response, w *wire, p *pool) {
+	body := &releasingBody{ReadCloser: resp.Body, wire: w, pool: p}
 	if rwc, ok := resp.Body.(io.ReadWriteCloser); ok && resp.StatusCode == http.StatusSwitchingProtocols {
 		resp.Body = releasingUpgradeBody{releasingBody: body, w: rwc}
 		return

@@ -43,42 +43,66 @@ var errAbandoned = errors.New("legacy_tls: the client left and the manager did n
 // more handshakes for it. So the answer is still read, within limit of the
 // client leaving, and the connection goes back to the pool.
 //
-// done must be called once the response body is closed, or the request
-// failed.
-func atTheWire(req *http.Request, limit time.Duration) (out *http.Request, done func()) {
-	parent := req.Context()
-	ctx, cancel := context.WithCancelCause(context.WithoutCancel(parent))
-	var written atomic.Bool
-	var mu sync.Mutex
-	var timer *time.Timer
-	stop := context.AfterFunc(parent, func() {
-		if !written.Load() {
-			cancel(context.Cause(parent))
-			return
-		}
-		mu.Lock()
-		timer = time.AfterFunc(limit, func() { cancel(errAbandoned) })
-		mu.Unlock()
-	})
-	trace := &httptrace.ClientTrace{WroteRequest: func(httptrace.WroteRequestInfo) { written.Store(true) }}
-	if p, _ := caddyhttp.GetVar(parent, pacer.VarKey).(*pacer.Pacer); p != nil {
-		trace.GotConn = func(info httptrace.GotConnInfo) {
-			if err := p.Wait(ctx); err != nil {
-				cancel(err)
-				if !isHTTP2(info.Conn) {
-					info.Conn.Close()
-				}
-			}
+// The returned wire's done must be called once the response body is
+// closed, or the request failed.
+func atTheWire(req *http.Request, limit time.Duration) (*http.Request, *wire) {
+	w := &wire{parent: req.Context(), limit: limit}
+	w.ctx, w.cancel = context.WithCancelCause(context.WithoutCancel(w.parent))
+	w.stop = context.AfterFunc(w.parent, w.clientLeft)
+	w.trace.WroteRequest = w.wroteRequest
+	if p, _ := caddyhttp.GetVar(w.parent, pacer.VarKey).(*pacer.Pacer); p != nil {
+		w.pacer = p
+		w.trace.GotConn = w.gotConn
+	}
+	return req.WithContext(httptrace.WithClientTrace(w.ctx, &w.trace)), w
+}
+
+// wire is one request's state between the gateway and the manager, in one
+// allocation: the transport calls its hooks, the parent context its
+// clientLeft.
+type wire struct {
+	parent  context.Context // the client's
+	ctx     context.Context // the transport's: the parent's values, its own cancellation
+	cancel  context.CancelCauseFunc
+	stop    func() bool // unregisters clientLeft
+	pacer   *pacer.Pacer
+	limit   time.Duration
+	trace   httptrace.ClientTrace
+	written atomic.Bool
+
+	mu    sync.Mutex
+	timer *time.Timer // set once the client left after the write
+}
+
+func (w *wire) wroteRequest(httptrace.WroteRequestInfo) { w.written.Store(true) }
+
+func (w *wire) gotConn(info httptrace.GotConnInfo) {
+	if err := w.pacer.Wait(w.ctx); err != nil {
+		w.cancel(err)
+		if !isHTTP2(info.Conn) {
+			info.Conn.Close()
 		}
 	}
-	out = req.WithContext(httptrace.WithClientTrace(ctx, trace))
-	return out, func() {
-		stop()
-		mu.Lock()
-		if timer != nil {
-			timer.Stop()
-		}
-		mu.Unlock()
-		cancel(context.Canceled)
+}
+
+func (w *wire) clientLeft() {
+	if !w.written.Load() {
+		w.cancel(context.Cause(w.parent))
+		return
 	}
+	w.mu.Lock()
+	w.timer = time.AfterFunc(w.limit, w.abandon)
+	w.mu.Unlock()
+}
+
+func (w *wire) abandon() { w.cancel(errAbandoned) }
+
+func (w *wire) done() {
+	w.stop()
+	w.mu.Lock()
+	if w.timer != nil {
+		w.timer.Stop()
+	}
+	w.mu.Unlock()
+	w.cancel(context.Canceled)
 }

@@ -2,11 +2,17 @@ package legacytls
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net/http"
+	"net/http/httptrace"
 	"testing"
 	"time"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/legacygate/legacygate/internal/pacer"
 )
 
 // leaveAfterArrival sends a request, cancels its context (the client hangs
@@ -91,4 +97,46 @@ func TestAbandonedRequestRunsAtMostTheLimit(t *testing.T) {
 		defer l.pool.mu.Unlock()
 		return l.pool.inUse == 0
 	})
+}
+
+// BenchmarkAtTheWire is atTheWire's cost on a request that completes: a
+// parent context shaped like a Caddy request's (a cancellable context under
+// a few values and the request variables), the hooks the transport calls,
+// and done.
+//
+//	go test -run '^$' -bench AtTheWire -benchmem ./caddymodule/legacytls/
+func BenchmarkAtTheWire(b *testing.B) {
+	for _, paced := range []bool{false, true} {
+		b.Run(map[bool]string{false: "unpaced", true: "paced"}[paced], func(b *testing.B) {
+			parent, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			type key int
+			for i := range 6 {
+				parent = context.WithValue(parent, key(i), i)
+			}
+			vars := map[string]any{}
+			if paced {
+				p, err := pacer.New(time.Nanosecond, nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				vars[pacer.VarKey] = p
+			}
+			parent = context.WithValue(parent, caddyhttp.VarsCtxKey, vars)
+			req, err := http.NewRequestWithContext(parent, http.MethodGet, "https://manager.test/", nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				out, w := atTheWire(req, time.Second)
+				trace := httptrace.ContextClientTrace(out.Context())
+				if trace.GotConn != nil {
+					trace.GotConn(httptrace.GotConnInfo{Conn: &tls.Conn{}})
+				}
+				trace.WroteRequest(httptrace.WroteRequestInfo{})
+				w.done()
+			}
+		})
+	}
 }
