@@ -1,10 +1,12 @@
 package e2e
 
 import (
+	"context"
 	"crypto/tls"
 	"fmt"
 	"io"
 	"log"
+	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -49,14 +51,80 @@ func TestPoolKeepsManagerHandshakesBelow5Per1000Requests(t *testing.T) {
 		"transport legacy_tls {\n\t\t\tpin "+pair.Pin()+"\n\t\t}"))
 	url := fmt.Sprintf("http://127.0.0.1:%d/heartbeat", front)
 
+	requests := clients * perClient
+	if n := keepAliveClients(clients, perClient, func() *http.Client {
+		return &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
+	}, func(int) string { return url }); n != 0 {
+		t.Fatalf("%d of %d requests failed", n, requests)
+	}
+	per1000 := float64(handshakes.Load()) * 1000 / float64(requests)
+	t.Logf("%d upstream handshakes for %d proxied requests: %.2f per 1,000", handshakes.Load(), requests, per1000)
+	if per1000 >= 5 {
+		t.Fatalf("%.2f upstream handshakes per 1,000 requests, want fewer than 5", per1000)
+	}
+	if idle := transportMetric(t, g, `legacygate_upstream_connections{state="idle"}`); idle == "" || idle == "0" {
+		t.Fatalf("idle connections gauge %q after the run, want the pool's connections", idle)
+	}
+}
+
+// TestCaddyfileExampleCostsTheManagerFewerThan5HandshakesPer1000Requests:
+// Caddyfile.example as shipped (its heartbeat limits raised through their
+// environment variables, so that every request reaches the manager), 128
+// keep-alive clients over TLS, each its own host id: no request fails and
+// the manager sees a handshake only while the pool grows.
+func TestCaddyfileExampleCostsTheManagerFewerThan5HandshakesPer1000Requests(t *testing.T) {
+	const clients, perClient = 128, 160
+	m := startLegacyManager(t, managerTLS{kind: certs.Modern, minVersion: tls.VersionTLS12, maxVersion: tls.VersionTLS12})
+	port := harness.FreePort(t)
+	for name, value := range map[string]string{
+		"LEGACYGATE_SITE": fmt.Sprintf("localhost:%d", port), "SEPM_MANAGER": m.addr,
+		"SEPM_PIN": m.pair.Pin(), "SEPM_SERVER_NAME": "manager.test",
+		"LEGACYGATE_HEARTBEAT_RATE": "1000000/1s", "LEGACYGATE_HEARTBEAT_BURST": "1000000",
+		"LEGACYGATE_HEARTBEAT_GLOBAL_RATE": "1000000/1s",
+	} {
+		t.Setenv(name, value)
+	}
+	setExampleKeyFiles(t, m.pair)
+	g := harness.StartGateway(t, exampleCaddyfile(t))
+	g.WaitCertificate(t, "localhost")
+	roots := g.RootCAs(t)
+	requests := clients * perClient
+	failed := keepAliveClients(clients, perClient, func() *http.Client {
+		return &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{
+			MaxIdleConnsPerHost: 1,
+			TLSClientConfig:     &tls.Config{RootCAs: roots, ServerName: "localhost"},
+			DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+				return (&net.Dialer{}).DialContext(ctx, network, fmt.Sprintf("127.0.0.1:%d", port))
+			},
+		}}
+	}, func(i int) string {
+		return fmt.Sprintf("https://localhost:%d/secars/secars.dll?action=index&hostid=%032X", port, i)
+	})
+	if failed != 0 {
+		t.Fatalf("%d of %d requests through Caddyfile.example failed", failed, requests)
+	}
+	if got := m.requests.Load(); got != int64(requests) {
+		t.Fatalf("the manager received %d of %d requests", got, requests)
+	}
+	per1000 := float64(m.handshakes.Load()) * 1000 / float64(requests)
+	t.Logf("Caddyfile.example: %d manager handshakes for %d requests: %.2f per 1,000", m.handshakes.Load(), requests, per1000)
+	if per1000 >= 5 {
+		t.Fatalf("%.2f manager handshakes per 1,000 requests through Caddyfile.example, want fewer than 5", per1000)
+	}
+}
+
+// keepAliveClients runs n clients (newClient each) sending perClient GETs
+// of url(client) one after the other, and returns how many failed or did
+// not answer 200.
+func keepAliveClients(n, perClient int, newClient func() *http.Client, url func(int) string) int64 {
 	var failed atomic.Int64
 	var wg sync.WaitGroup
-	for range clients {
+	for i := range n {
 		wg.Go(func() {
-			client := &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
+			client := newClient()
 			defer client.CloseIdleConnections()
 			for range perClient {
-				resp, err := client.Get(url)
+				resp, err := client.Get(url(i))
 				if err != nil {
 					failed.Add(1)
 					continue
@@ -70,16 +138,5 @@ func TestPoolKeepsManagerHandshakesBelow5Per1000Requests(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	requests := clients * perClient
-	if n := failed.Load(); n != 0 {
-		t.Fatalf("%d of %d requests failed", n, requests)
-	}
-	per1000 := float64(handshakes.Load()) * 1000 / float64(requests)
-	t.Logf("%d upstream handshakes for %d proxied requests: %.2f per 1,000", handshakes.Load(), requests, per1000)
-	if per1000 >= 5 {
-		t.Fatalf("%.2f upstream handshakes per 1,000 requests, want fewer than 5", per1000)
-	}
-	if idle := transportMetric(t, g, `legacygate_upstream_connections{state="idle"}`); idle == "" || idle == "0" {
-		t.Fatalf("idle connections gauge %q after the run, want the pool's connections", idle)
-	}
+	return failed.Load()
 }

@@ -19,10 +19,11 @@ import (
 // legacyManager is an in-test HTTPS server standing in for a manager that
 // speaks old TLS. It answers every request with the TLS version and SNI it saw.
 type legacyManager struct {
-	addr     string
-	pair     *certs.Pair
-	certFile string
-	requests atomic.Int64
+	addr       string
+	pair       *certs.Pair
+	certFile   string
+	requests   atomic.Int64
+	handshakes atomic.Int64 // TLS handshakes begun
 }
 
 type managerTLS struct {
@@ -43,16 +44,21 @@ func startLegacyManager(t *testing.T, opts managerTLS) *legacyManager {
 	if err != nil {
 		t.Fatal(err)
 	}
+	m := &legacyManager{pair: pair, certFile: certFile}
 	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{
 		Certificates: []tls.Certificate{pair.TLS()},
 		MinVersion:   opts.minVersion,
 		MaxVersion:   opts.maxVersion,
 		CipherSuites: opts.suites,
+		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+			m.handshakes.Add(1)
+			return nil, nil
+		},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := &legacyManager{addr: ln.Addr().String(), pair: pair, certFile: certFile}
+	m.addr = ln.Addr().String()
 	srv := &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			m.requests.Add(1)
