@@ -10,6 +10,8 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -90,6 +92,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		cfg     bench.Config
 		bins    binaries
 		paths   string
+		cpus    string
 		asJSON  bool
 		goOnly  bool
 		verbose bool
@@ -99,6 +102,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	fs.IntVar(&cfg.Rounds, "rounds", 3, "rounds per path (each target once per round, in turn)")
 	fs.IntVar(&cfg.Connections, "connections", 32, "concurrent connections")
 	fs.StringVar(&paths, "paths", strings.Join(bench.AllPaths, ","), "paths to measure: "+strings.Join(bench.AllPaths, ","))
+	fs.StringVar(&cpus, "target-cpus", "", "run the targets on these CPUs only (e.g. 0 or 0,1) and the load generator and managers on the others (Linux; default: all share every CPU)")
 	fs.BoolVar(&asJSON, "json", false, "print the report as JSON")
 	fs.BoolVar(&goOnly, "go-generator", false, "use the Go load generator even when wrk is installed")
 	fs.BoolVar(&verbose, "v", false, "print each round")
@@ -115,6 +119,12 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	for _, p := range strings.Split(paths, ",") {
 		cfg.Paths = append(cfg.Paths, strings.TrimSpace(p))
 	}
+	targetCPUs, err := parseCPUs(cpus)
+	if err != nil {
+		fmt.Fprintln(stderr, "mgrsim bench:", err)
+		return 2
+	}
+	cfg.TargetCPUs = targetCPUs
 	dir, err := os.MkdirTemp("", "mgrsim-bench-")
 	if err != nil {
 		fmt.Fprintln(stderr, "mgrsim bench:", err)
@@ -210,4 +220,23 @@ func runSoak(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 3
 	}
 	return 0
+}
+
+// parseCPUs reads --target-cpus: CPU numbers separated by commas.
+func parseCPUs(list string) ([]int, error) {
+	if strings.TrimSpace(list) == "" {
+		return nil, nil
+	}
+	var cpus []int
+	for _, f := range strings.Split(list, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 0 {
+			return nil, fmt.Errorf("--target-cpus %q: %q is not a CPU number (want e.g. 0 or 0,1)", list, f)
+		}
+		if slices.Contains(cpus, n) {
+			return nil, fmt.Errorf("--target-cpus %q: CPU %d named twice", list, n)
+		}
+		cpus = append(cpus, n)
+	}
+	return cpus, nil
 }

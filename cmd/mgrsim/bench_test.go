@@ -160,3 +160,30 @@ func TestSoakCommandRejectsBadFlags(t *testing.T) {
 		t.Errorf("exit %d, stderr %q; want 2 and an unexpected-argument error", code, stderr.String())
 	}
 }
+
+func TestParseCPUs(t *testing.T) {
+	tests := []struct {
+		list    string
+		want    []int
+		wantErr string
+	}{
+		{"", nil, ""},
+		{"0", []int{0}, ""},
+		{" 0, 2 ", []int{0, 2}, ""},
+		{"0-1", nil, `"0-1" is not a CPU number`},
+		{"-1", nil, `"-1" is not a CPU number`},
+		{"1,1", nil, "CPU 1 named twice"},
+	}
+	for _, tc := range tests {
+		got, err := parseCPUs(tc.list)
+		if tc.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("parseCPUs(%q) = %v, %v; want an error with %q", tc.list, got, err, tc.wantErr)
+			}
+			continue
+		}
+		if err != nil || !slices.Equal(got, tc.want) {
+			t.Errorf("parseCPUs(%q) = %v, %v; want %v", tc.list, got, err, tc.want)
+		}
+	}
+}

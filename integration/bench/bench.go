@@ -76,8 +76,15 @@ type Config struct {
 	// Dir holds configurations, certificates and logs; default a temporary
 	// directory removed at the end.
 	Dir string
+	// TargetCPUs, when set, runs every target on these CPUs only, and this
+	// process (the emulated managers, the Go generator and wrk) on the
+	// others, so that a target's throughput is what its CPUs give, not
+	// what it wins from the load generator. Linux only.
+	TargetCPUs []int
 	// Log receives progress lines; default discard.
 	Log io.Writer
+
+	pin cpuSplit // set by Run from TargetCPUs
 }
 
 // Report is what Run measured. Figures are medians over the rounds.
@@ -92,6 +99,8 @@ type Report struct {
 // Machine describes where the figures come from.
 type Machine struct {
 	CPUs        int    `json:"cpus"`
+	TargetCPUs  string `json:"target_cpus,omitempty"` // taskset's list; empty: not pinned
+	LoadCPUs    string `json:"load_cpus,omitempty"`   // the CPUs of the load generator and the managers
 	Model       string `json:"model"`
 	LoadBefore  string `json:"load_average_before"`
 	LoadAfter   string `json:"load_average_after"`
@@ -198,6 +207,14 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		Machine: machine()}
 	rep.Machine.WithNginx = cfg.Nginx != ""
 	rep.Machine.WithHAProxy = cfg.HAProxy != ""
+	if len(cfg.TargetCPUs) > 0 {
+		pin, err := pinLoad(cfg.TargetCPUs)
+		if err != nil {
+			return nil, err
+		}
+		cfg.pin = pin
+		rep.Machine.TargetCPUs, rep.Machine.LoadCPUs = pin.targets, pin.load
+	}
 
 	lab, err := startLab(cfg)
 	if lab != nil {
@@ -292,7 +309,7 @@ func startLab(cfg Config) (*lab, error) {
 		}
 		base := fmt.Sprintf("https://127.0.0.1:%d", port)
 		fmt.Fprintf(cfg.Log, "bench: starting %s on %s\n", s.name, base)
-		p, err := startCaddy(s.name, cfg.Legacygate, filepath.Join(cfg.Dir, s.name), text, base)
+		p, err := startCaddy(s.name, cfg.Legacygate, filepath.Join(cfg.Dir, s.name), cfg.pin.targets, text, base)
 		if err != nil {
 			return l, err
 		}
@@ -304,7 +321,7 @@ func startLab(cfg Config) (*lab, error) {
 	}
 	baselines := []struct {
 		name, bin string
-		start     func(bin, dir, upstream string, port int, f front, managerCert string) (*process, error)
+		start     func(bin, dir, cpus, upstream string, port int, f front, managerCert string) (*process, error)
 	}{
 		{TargetNginx, cfg.Nginx, startNginx},
 		{TargetHAProxy, cfg.HAProxy, startHAProxy},
@@ -319,7 +336,7 @@ func startLab(cfg Config) (*lab, error) {
 		}
 		base := fmt.Sprintf("https://127.0.0.1:%d", port)
 		fmt.Fprintf(cfg.Log, "bench: starting %s on %s\n", b.name, base)
-		p, err := b.start(b.bin, filepath.Join(cfg.Dir, b.name), modern.Addrs().HTTPS, port, fr, modernCert)
+		p, err := b.start(b.bin, filepath.Join(cfg.Dir, b.name), cfg.pin.targets, modern.Addrs().HTTPS, port, fr, modernCert)
 		if err != nil {
 			return l, err
 		}
@@ -524,6 +541,9 @@ func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond)
 func (r *Report) Print(w io.Writer) {
 	fmt.Fprintf(w, "machine: %d CPUs, %s, load average %s (before) / %s (after), %s\n",
 		r.Machine.CPUs, r.Machine.Model, r.Machine.LoadBefore, r.Machine.LoadAfter, r.Machine.GoVersion)
+	if r.Machine.TargetCPUs != "" {
+		fmt.Fprintf(w, "targets on CPU %s; load generator and managers on CPU %s\n", r.Machine.TargetCPUs, r.Machine.LoadCPUs)
+	}
 	for _, p := range r.Paths {
 		fmt.Fprintf(w, "\npath %s: %s, %d connections, median of %d rounds of %s\n", p.Path, p.Generator, r.Connections, r.Rounds, r.Duration)
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)

@@ -172,7 +172,7 @@ func TestHAProxyBaselineVerifiesTheManagerCertificate(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			p, err := launchHAProxy(bin, filepath.Join(dir, fmt.Sprint(i)), m.Addrs().HTTPS, port, fr, tt.trust, tt.serverName)
+			p, err := launchHAProxy(bin, filepath.Join(dir, fmt.Sprint(i)), "", m.Addrs().HTTPS, port, fr, tt.trust, tt.serverName)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -111,6 +111,9 @@ func renderResult(b *bytes.Buffer, name string, raw []byte) error {
 func renderMachine(b *bytes.Buffer, m Machine) {
 	fmt.Fprintf(b, "Machine: %d CPUs (%s), %s; load average %s before and %s after the run.",
 		m.CPUs, m.Model, m.GoVersion, m.LoadBefore, m.LoadAfter)
+	if m.TargetCPUs != "" {
+		fmt.Fprintf(b, " The targets ran on CPU %s only, the load generator and the emulated managers on CPU %s.", m.TargetCPUs, m.LoadCPUs)
+	}
 }
 
 func renderBench(b *bytes.Buffer, name string, r *Report) {
@@ -124,6 +127,9 @@ func renderBench(b *bytes.Buffer, name string, r *Report) {
 	}
 	cmd := fmt.Sprintf("mgrsim bench --legacygate ./legacygate --duration %s --rounds %d --connections %d --paths %s",
 		r.Duration, r.Rounds, r.Connections, strings.Join(paths, ","))
+	if r.Machine.TargetCPUs != "" {
+		cmd += " --target-cpus " + r.Machine.TargetCPUs
+	}
 	if !r.Machine.WithNginx {
 		cmd += " --no-nginx"
 	}

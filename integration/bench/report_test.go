@@ -46,7 +46,7 @@ func TestBenchmarksPageIsUpToDate(t *testing.T) {
 func TestMarkdownRendersEveryKindOfReportWithItsCommand(t *testing.T) {
 	dir := t.TempDir()
 	files := map[string]string{
-		"a-bench.json": `{"machine":{"cpus":2,"model":"M","go_version":"go1.26","nginx":false,"haproxy":true},
+		"a-bench.json": `{"machine":{"cpus":2,"target_cpus":"0","load_cpus":"1","model":"M","go_version":"go1.26","nginx":false,"haproxy":true},
 			"duration_per_round":"2s","rounds":1,"connections":8,
 			"paths":[{"path":"heartbeat","generator":"wrk (keep-alive)",
 			"targets":[{"name":"legacygate","requests_per_second":12345.6,"p50_ms":1.5,"p99_ms":3.25,"cpu_us_per_request":99,"peak_rss_mb":70}],
@@ -68,7 +68,8 @@ func TestMarkdownRendersEveryKindOfReportWithItsCommand(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{
-		"mgrsim bench --legacygate ./legacygate --duration 2s --rounds 1 --connections 8 --paths heartbeat --no-nginx --json > integration/bench/results/a-bench.json",
+		"mgrsim bench --legacygate ./legacygate --duration 2s --rounds 1 --connections 8 --paths heartbeat --target-cpus 0 --no-nginx --json > integration/bench/results/a-bench.json",
+		"The targets ran on CPU 0 only, the load generator and the emulated managers on CPU 1.",
 		"| heartbeat | wrk (keep-alive) | legacygate | 12,346 | 1.50 | 3.2 | 99 | 70.0 | 0 |",
 		"| heartbeat | legacygate / caddy | 1.01 | 0.99 | 0.98 | 0.97 | 1.10 |",
 		"mgrsim storm --legacygate ./legacygate --clients 100 --connections 10 --rates 300 --duration 1s --global-rate 50 --max-wait 1s --goal 300 --reject-p99 5ms --no-caddy --json",

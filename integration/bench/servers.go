@@ -182,8 +182,13 @@ type process struct {
 	err  error
 }
 
-func startProcess(name, dir, bin string, args ...string) (*process, error) {
+// startProcess runs bin with args in dir; with cpus (taskset's list, e.g.
+// "0" or "0,2") the process and everything it starts run on those CPUs only.
+func startProcess(name, dir, cpus, bin string, args ...string) (*process, error) {
 	p := &process{name: name, logs: &lockedBuffer{}, done: make(chan struct{})}
+	if cpus != "" {
+		bin, args = "taskset", append([]string{"--cpu-list", cpus, bin}, args...)
+	}
 	p.cmd = exec.Command(bin, args...)
 	p.cmd.Dir = dir
 	p.cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
@@ -274,9 +279,9 @@ func caddyGlobals(dir string, extra string) (string, error) {
 		filepath.Join(dir, "storage"), httpPort, httpsPort, extra), nil
 }
 
-// startCaddy runs `legacygate run` with caddyfile in its own directory and
-// waits until base answers.
-func startCaddy(name, bin, dir, caddyfile, base string) (*process, error) {
+// startCaddy runs `legacygate run` with caddyfile in its own directory (on
+// cpus, see startProcess) and waits until base answers.
+func startCaddy(name, bin, dir, cpus, caddyfile, base string) (*process, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -284,7 +289,7 @@ func startCaddy(name, bin, dir, caddyfile, base string) (*process, error) {
 	if err := os.WriteFile(file, []byte(caddyfile), 0o644); err != nil {
 		return nil, err
 	}
-	p, err := startProcess(name, dir, bin, "run", "--config", file, "--adapter", "caddyfile")
+	p, err := startProcess(name, dir, cpus, bin, "run", "--config", file, "--adapter", "caddyfile")
 	if err != nil {
 		return nil, err
 	}
@@ -338,7 +343,7 @@ http {
 `
 
 // startNginx runs nginx in the foreground with a config in dir.
-func startNginx(bin, dir, upstream string, port int, f front, managerCert string) (*process, error) {
+func startNginx(bin, dir, cpus, upstream string, port int, f front, managerCert string) (*process, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -347,7 +352,7 @@ func startNginx(bin, dir, upstream string, port int, f front, managerCert string
 	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
 		return nil, err
 	}
-	p, err := startProcess("nginx", dir, bin, "-p", dir, "-c", conf, "-e", filepath.Join(dir, "error.log"))
+	p, err := startProcess("nginx", dir, cpus, bin, "-p", dir, "-c", conf, "-e", filepath.Join(dir, "error.log"))
 	if err != nil {
 		return nil, err
 	}
@@ -387,8 +392,8 @@ backend manager
 `
 
 // startHAProxy runs HAProxy with haproxyConfig and waits until it answers.
-func startHAProxy(bin, dir, upstream string, port int, f front, managerCert string) (*process, error) {
-	p, err := launchHAProxy(bin, dir, upstream, port, f, managerCert, managerName)
+func startHAProxy(bin, dir, cpus, upstream string, port int, f front, managerCert string) (*process, error) {
+	p, err := launchHAProxy(bin, dir, cpus, upstream, port, f, managerCert, managerName)
 	if err != nil {
 		return nil, err
 	}
@@ -402,7 +407,7 @@ func startHAProxy(bin, dir, upstream string, port int, f front, managerCert stri
 // launchHAProxy runs HAProxy as a foreground master with one worker (-W -db),
 // its config, combined certificate and pidfile in dir, expecting serverName
 // in the manager's certificate.
-func launchHAProxy(bin, dir, upstream string, port int, f front, managerCert, serverName string) (*process, error) {
+func launchHAProxy(bin, dir, cpus, upstream string, port int, f front, managerCert, serverName string) (*process, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -411,11 +416,11 @@ func launchHAProxy(bin, dir, upstream string, port int, f front, managerCert, se
 		return nil, err
 	}
 	conf := filepath.Join(dir, "haproxy.cfg")
-	text := fmt.Sprintf(haproxyConfig, runtime.NumCPU(), dir, port, pem, upstream, managerCert, serverName)
+	text := fmt.Sprintf(haproxyConfig, cpuCount(cpus), dir, port, pem, upstream, managerCert, serverName)
 	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
 		return nil, err
 	}
-	return startProcess("haproxy", dir, bin, "-W", "-db", "-f", conf)
+	return startProcess("haproxy", dir, cpus, bin, "-W", "-db", "-f", conf)
 }
 
 // combinedPEM writes the front's certificate and key into one file, the form
@@ -518,4 +523,13 @@ func (b *lockedBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// cpuCount is how many CPUs a target started on cpus (startProcess) may
+// use: those listed, else all of this process's.
+func cpuCount(cpus string) int {
+	if cpus == "" {
+		return runtime.NumCPU()
+	}
+	return strings.Count(cpus, ",") + 1
 }

@@ -219,7 +219,7 @@ func startSoakGateway(cfg SoakConfig, m *manager.Manager) (*process, string, *ce
 		return nil, "", nil, err
 	}
 	base := fmt.Sprintf("https://127.0.0.1:%d", port)
-	p, err := startCaddy("legacygate", cfg.Legacygate, dir, text, base)
+	p, err := startCaddy("legacygate", cfg.Legacygate, dir, "", text, base)
 	if err != nil {
 		return nil, "", nil, err
 	}

@@ -294,7 +294,7 @@ func (l *stormLab) start(ctx context.Context, cfg StormConfig) error {
 		}
 		base := fmt.Sprintf("https://127.0.0.1:%d", port)
 		fmt.Fprintf(cfg.Log, "storm: starting %s on %s\n", s.name, base)
-		p, err := startCaddy(s.name, cfg.Legacygate, filepath.Join(cfg.Dir, s.name), text, base)
+		p, err := startCaddy(s.name, cfg.Legacygate, filepath.Join(cfg.Dir, s.name), "", text, base)
 		if err != nil {
 			return err
 		}
