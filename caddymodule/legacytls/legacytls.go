@@ -82,6 +82,7 @@ type LegacyTLS struct {
 	MaxConnWait caddy.Duration `json:"max_conn_wait,omitempty"`
 
 	pool *pool
+	h1   *h1Client // nil when Go's transport serves every request
 	// abandonedLimit bounds a request whose client left after it was
 	// written (atTheWire); tests shorten it.
 	abandonedLimit time.Duration
@@ -138,6 +139,7 @@ func (l *LegacyTLS) Provision(ctx caddy.Context) error {
 	}
 	l.applyTLS(cfg)
 	l.countConnections()
+	l.h1 = newH1Client(l)
 	return nil
 }
 
@@ -244,7 +246,7 @@ func (l *LegacyTLS) RoundTrip(req *http.Request) (*http.Response, error) {
 		return busyResponse(req, time.Duration(l.MaxConnWait)), nil
 	}
 	out, w := atTheWire(req, l.abandonedLimit)
-	resp, err := l.roundTrip(out)
+	resp, err := l.send(out)
 	if err != nil {
 		w.done()
 		l.pool.release()
@@ -259,6 +261,27 @@ func (l *LegacyTLS) RoundTrip(req *http.Request) (*http.Response, error) {
 
 // errRequestBody marks a request whose body could not be read from the client.
 var errRequestBody = errors.New("legacy_tls: reading the request body")
+
+// send takes the synchronous HTTP/1.1 path when it can (see h1Client),
+// Go's transport otherwise.
+func (l *LegacyTLS) send(req *http.Request) (*http.Response, error) {
+	l.SetScheme(req)
+	if l.h1.usable(req) {
+		resp, err := l.h1.roundTrip(req)
+		if !errors.Is(err, errUseTransport) {
+			return resp, err
+		}
+	}
+	return l.roundTrip(req)
+}
+
+// Cleanup closes the idle connections of both paths.
+func (l *LegacyTLS) Cleanup() error {
+	if l.h1 != nil {
+		l.h1.closeIdle()
+	}
+	return l.HTTPTransport.Cleanup()
+}
 
 func (l *LegacyTLS) roundTrip(req *http.Request) (*http.Response, error) {
 	out, body := l.coalesceBody(req)

@@ -1,0 +1,600 @@
+package legacytls
+
+import (
+	"bufio"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
+	"net/url"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+// h1Client is the synchronous HTTP/1.1 client legacy_tls uses instead of
+// Go's transport when it can (see usable): the request is written and its
+// response read on the caller's goroutine, with no per-request hand-off
+// to a connection's read and write loops. The connections are its own
+// stack of idle *tls.Conn per upstream address; the pool's slots still
+// bound them (a slot is held from before the connection is taken until
+// the response body ends).
+type h1Client struct {
+	l                *LegacyTLS
+	tlsConfig        *tls.Config
+	proxy            func(*http.Request) (*url.URL, error)
+	handshakeTimeout time.Duration
+	headerTimeout    time.Duration
+	idleTimeout      time.Duration
+	maxIdle          int
+	maxHeader        int64
+	writeBuffer      int
+	readBuffer       int
+	gzip             bool // ask for gzip and decompress, as Go's transport does
+
+	// h2 is set once a manager negotiated HTTP/2: from then on Go's
+	// transport serves every request.
+	h2 atomic.Bool
+
+	mu     sync.Mutex
+	idle   map[string][]*h1Conn
+	closed bool
+}
+
+// errUseTransport tells RoundTrip that the fast path sent nothing and Go's
+// transport must serve the request.
+var errUseTransport = errors.New("legacy_tls: the manager speaks HTTP/2")
+
+// newH1Client returns the fast path for l's provisioned transport, or nil
+// when something it does not implement is configured.
+func newH1Client(l *LegacyTLS) *h1Client {
+	t := l.Transport
+	if os.Getenv("LEGACYGATE_H1") == "off" {
+		return nil
+	}
+	if t == nil || t.DialContext == nil || t.DialTLSContext != nil || t.DialTLS != nil || t.TLSClientConfig == nil ||
+		t.DisableKeepAlives || l.ProxyProtocol != "" || t.Proxy == nil {
+		return nil
+	}
+	c := &h1Client{
+		l:                l,
+		tlsConfig:        t.TLSClientConfig,
+		proxy:            t.Proxy,
+		handshakeTimeout: t.TLSHandshakeTimeout,
+		headerTimeout:    t.ResponseHeaderTimeout,
+		idleTimeout:      t.IdleConnTimeout,
+		maxIdle:          t.MaxIdleConnsPerHost,
+		maxHeader:        t.MaxResponseHeaderBytes,
+		writeBuffer:      t.WriteBufferSize,
+		readBuffer:       t.ReadBufferSize,
+		gzip:             !t.DisableCompression,
+		idle:             make(map[string][]*h1Conn),
+	}
+	if c.maxIdle <= 0 {
+		c.maxIdle = http.DefaultMaxIdleConnsPerHost
+	}
+	if c.maxHeader <= 0 {
+		c.maxHeader = 10 << 20 // Go's transport default
+	}
+	if c.writeBuffer <= 0 {
+		c.writeBuffer = defaultWriteBuffer
+	}
+	if c.readBuffer <= 0 {
+		c.readBuffer = 4 << 10
+	}
+	return c
+}
+
+// usable reports whether req can take the fast path: HTTPS to the
+// manager directly, nothing that needs Go's transport (100-continue, an
+// upgrade, a forward proxy), and no manager seen speaking HTTP/2.
+func (c *h1Client) usable(req *http.Request) bool {
+	if c == nil || c.h2.Load() || req.URL.Scheme != "https" {
+		return false
+	}
+	if req.Header.Get("Expect") != "" || req.Header.Get("Upgrade") != "" {
+		return false
+	}
+	u, err := c.proxy(req)
+	return u == nil && err == nil
+}
+
+// roundTrip sends req on an idle or new connection and reads the
+// response headers. The returned body puts the connection back when it
+// reaches EOF and the response allows keep-alive, and closes it otherwise.
+// A request is sent again, once, on a new connection only when the reused
+// one proved unusable before any byte of it reached the socket (see
+// attempt) and its body is in memory; nothing else is retried.
+func (c *h1Client) roundTrip(req *http.Request) (*http.Response, error) {
+	ctx := req.Context()
+	addr := canonicalAddr(req)
+	pc, err := c.get(ctx, addr)
+	if err != nil {
+		if req.Body != nil {
+			req.Body.Close() // a RoundTripper always closes it
+		}
+		if ctx.Err() != nil {
+			return nil, context.Cause(ctx)
+		}
+		return nil, err
+	}
+	body, err := c.bufferBody(req)
+	if err != nil {
+		c.put(pc) // nothing was written on it
+		return nil, err
+	}
+	replayable := req.Body == nil || req.Body == http.NoBody || body != nil
+	trace := httptrace.ContextClientTrace(ctx)
+	for retried := false; ; retried = true {
+		resp, reason, err := c.attempt(pc, req, trace)
+		if err == nil {
+			return resp, nil
+		}
+		if reason == "" || retried || !replayable || ctx.Err() != nil {
+			return nil, err
+		}
+		c.l.countRetry(req, reason, err)
+		if pc, err = c.dialConn(ctx, addr); err != nil {
+			return nil, err
+		}
+		if body != nil {
+			req.Body = io.NopCloser(bytes.NewReader(body))
+		}
+	}
+}
+
+// attempt sends req on pc and reads the response headers. On failure it
+// closes pc and names, as a retry reason, the proof that the manager got
+// nothing: a reused connection found closed before the write, or a write
+// that failed with no byte reaching the socket.
+func (c *h1Client) attempt(pc *h1Conn, req *http.Request, trace *httptrace.ClientTrace) (*http.Response, string, error) {
+	ctx := req.Context()
+	if trace != nil && trace.GotConn != nil {
+		trace.GotConn(httptrace.GotConnInfo{Conn: pc.tc, Reused: pc.reused})
+	}
+	if ctx.Err() != nil {
+		// The client left, or pacing failed: nothing was sent.
+		pc.close()
+		if req.Body != nil {
+			req.Body.Close()
+		}
+		return nil, "", context.Cause(ctx)
+	}
+	// Checked after pacing, right before the write: the manager may have
+	// closed the connection while the request waited.
+	if pc.reused && !pc.alive() {
+		pc.close()
+		return nil, retryClosedBeforeWrite, errors.New("legacy_tls: the manager closed the idle connection")
+	}
+	stop := context.AfterFunc(ctx, pc.interrupt)
+	addGzip := c.gzip && req.Method != http.MethodHead &&
+		req.Header.Get("Accept-Encoding") == "" && req.Header.Get("Range") == ""
+	if addGzip {
+		req.Header["Accept-Encoding"] = []string{"gzip"}
+	}
+	written := pc.cw.written
+	err := req.Write(pc.bw)
+	if err == nil {
+		err = pc.bw.Flush()
+	}
+	if addGzip {
+		delete(req.Header, "Accept-Encoding")
+	}
+	if trace != nil && trace.WroteRequest != nil {
+		trace.WroteRequest(httptrace.WroteRequestInfo{Err: err})
+	}
+	if err != nil {
+		stop()
+		pc.close()
+		reason := ""
+		if pc.reused && pc.cw.written == written && !errors.Is(err, errRequestBody) {
+			reason = retryNothingWritten
+		}
+		return nil, reason, pc.failure(ctx, fmt.Errorf("legacy_tls: writing the request: %w", err))
+	}
+	resp, err := c.readResponse(pc, req, trace)
+	if err != nil {
+		stop()
+		pc.close()
+		return nil, "", pc.failure(ctx, err)
+	}
+	resp.TLS = pc.state
+	keep := !resp.Close
+	if addGzip && resp.Header.Get("Content-Encoding") == "gzip" {
+		resp.Header.Del("Content-Encoding")
+		resp.Header.Del("Content-Length")
+		resp.ContentLength = -1
+		resp.Uncompressed = true
+		resp.Body = &gzipBody{body: &h1Body{ReadCloser: resp.Body, pc: pc, stop: stop, keep: keep, ctx: ctx}}
+		return resp, "", nil
+	}
+	if resp.Body == http.NoBody {
+		pc.finish(stop, keep)
+		return resp, "", nil
+	}
+	resp.Body = &h1Body{ReadCloser: resp.Body, pc: pc, stop: stop, keep: keep, ctx: ctx}
+	return resp, "", nil
+}
+
+// bufferBody reads a small body of known length whole, so that headers
+// and body leave in one write (Request.Write flushes the headers on their
+// own before a body it cannot tell is in memory). As in coalesceBody, it
+// is read only once a connection is ready, and a body that cannot be read
+// fails the request with nothing sent.
+func (c *h1Client) bufferBody(req *http.Request) ([]byte, error) {
+	if req.Body == nil || req.Body == http.NoBody || req.ContentLength <= 0 ||
+		req.ContentLength > int64(c.writeBuffer) || len(req.TransferEncoding) > 0 ||
+		caddyhttp.IsIncremental(req.Header) {
+		return nil, nil
+	}
+	buf := make([]byte, req.ContentLength)
+	_, err := io.ReadFull(req.Body, buf)
+	req.Body.Close()
+	if err != nil {
+		req.Body = nil
+		return nil, fmt.Errorf("%w: %w", errRequestBody, err)
+	}
+	req.Body = io.NopCloser(bytes.NewReader(buf))
+	return buf, nil
+}
+
+// readResponse reads the response headers within response_header_timeout,
+// skipping informational responses (handed to Got1xxResponse, which
+// reverse_proxy uses to relay 103 Early Hints).
+func (c *h1Client) readResponse(pc *h1Conn, req *http.Request, trace *httptrace.ClientTrace) (*http.Response, error) {
+	if c.headerTimeout > 0 {
+		if err := pc.tc.SetReadDeadline(time.Now().Add(c.headerTimeout)); err != nil {
+			return nil, err
+		}
+	}
+	for {
+		pc.src.limit = c.maxHeader
+		resp, err := http.ReadResponse(pc.br, req)
+		exhausted := pc.src.limit == 0
+		pc.src.limit = -1
+		if err != nil {
+			if exhausted {
+				return nil, fmt.Errorf("legacy_tls: the manager's response headers exceed %d bytes", c.maxHeader)
+			}
+			return nil, fmt.Errorf("legacy_tls: reading the response: %w", err)
+		}
+		if resp.StatusCode == http.StatusSwitchingProtocols {
+			resp.Body.Close()
+			return nil, errors.New("legacy_tls: the manager switched protocols on a request that did not ask for it")
+		}
+		if resp.StatusCode >= 100 && resp.StatusCode < 200 {
+			if trace != nil && trace.Got1xxResponse != nil {
+				if err := trace.Got1xxResponse(resp.StatusCode, textproto.MIMEHeader(resp.Header)); err != nil {
+					return nil, err
+				}
+			}
+			continue
+		}
+		if c.headerTimeout > 0 {
+			if err := pc.tc.SetReadDeadline(time.Time{}); err != nil {
+				resp.Body.Close()
+				return nil, err
+			}
+			if err := req.Context().Err(); err != nil {
+				// interrupt's deadline may have just been cleared
+				resp.Body.Close()
+				return nil, err
+			}
+		}
+		return resp, nil
+	}
+}
+
+// get returns an idle connection to addr that the manager has not closed,
+// or dials one.
+func (c *h1Client) get(ctx context.Context, addr string) (*h1Conn, error) {
+	for {
+		c.mu.Lock()
+		stack := c.idle[addr]
+		if len(stack) == 0 {
+			c.mu.Unlock()
+			break
+		}
+		pc := stack[len(stack)-1]
+		stack[len(stack)-1] = nil
+		c.idle[addr] = stack[:len(stack)-1]
+		c.mu.Unlock()
+		if c.idleTimeout > 0 && time.Since(pc.idleAt) > c.idleTimeout || !pc.alive() {
+			pc.close()
+			continue
+		}
+		return pc, nil
+	}
+	return c.dialConn(ctx, addr)
+}
+
+// dialConn dials addr with the provisioned dialer (which counts the
+// connection in the pool) and does the TLS handshake, in which the pin is
+// checked. A manager that picks HTTP/2 gets Go's transport instead.
+func (c *h1Client) dialConn(ctx context.Context, addr string) (*h1Conn, error) {
+	raw, err := c.l.Transport.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	cw := &countingConn{Conn: raw}
+	cfg := c.tlsConfig.Clone()
+	if cfg.ServerName == "" {
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			host = addr
+		}
+		cfg.ServerName = host
+	}
+	tc := tls.Client(cw, cfg)
+	hctx := ctx
+	if c.handshakeTimeout > 0 {
+		var cancel context.CancelFunc
+		hctx, cancel = context.WithTimeout(ctx, c.handshakeTimeout)
+		defer cancel()
+	}
+	if err := tc.HandshakeContext(hctx); err != nil {
+		raw.Close()
+		return nil, err
+	}
+	state := tc.ConnectionState()
+	if state.NegotiatedProtocol == "h2" {
+		c.h2.Store(true)
+		tc.Close()
+		return nil, errUseTransport
+	}
+	pc := &h1Conn{c: c, addr: addr, tc: tc, cw: cw, raw: syscallConn(raw), state: &state}
+	pc.src.tc, pc.src.limit = tc, -1
+	pc.br = bufio.NewReaderSize(&pc.src, c.readBuffer)
+	pc.bw = bufio.NewWriterSize(tc, c.writeBuffer)
+	return pc, nil
+}
+
+// put keeps pc for the next request, unless enough are idle already. The
+// oldest idle connection is closed here if it aged out, so a stack that
+// only grows and shrinks at its top does not keep stale ones for ever.
+func (c *h1Client) put(pc *h1Conn) {
+	pc.reused = true
+	pc.idleAt = time.Now()
+	var stale *h1Conn
+	c.mu.Lock()
+	stack := c.idle[pc.addr]
+	if c.closed || len(stack) >= c.maxIdle {
+		c.mu.Unlock()
+		pc.close()
+		return
+	}
+	if len(stack) > 0 && c.idleTimeout > 0 && pc.idleAt.Sub(stack[0].idleAt) > c.idleTimeout {
+		stale = stack[0]
+		copy(stack, stack[1:])
+		stack[len(stack)-1] = nil
+		stack = stack[:len(stack)-1]
+	}
+	c.idle[pc.addr] = append(stack, pc)
+	c.mu.Unlock()
+	if stale != nil {
+		stale.close()
+	}
+}
+
+// closeIdle closes every idle connection, for good: the transport is
+// being cleaned up.
+func (c *h1Client) closeIdle() {
+	c.mu.Lock()
+	c.closed = true
+	idle := c.idle
+	c.idle = nil
+	c.mu.Unlock()
+	for _, stack := range idle {
+		for _, pc := range stack {
+			pc.close()
+		}
+	}
+}
+
+// h1Conn is one connection of the fast path.
+type h1Conn struct {
+	c      *h1Client
+	addr   string
+	tc     *tls.Conn
+	cw     *countingConn
+	raw    syscall.RawConn // for alive; nil when the dialer's conn has none
+	state  *tls.ConnectionState
+	src    limitedReader
+	br     *bufio.Reader
+	bw     *bufio.Writer
+	idleAt time.Time
+	reused bool
+}
+
+func (pc *h1Conn) close() { pc.tc.Close() }
+
+// interrupt unblocks a write or read in progress when the request's
+// context ends (the client left before the write, or the abandoned limit
+// passed); the connection is then closed, never reused.
+func (pc *h1Conn) interrupt() { pc.tc.NetConn().SetDeadline(time.Unix(1, 0)) }
+
+// failure is err, or why the request's context ended if it did.
+func (pc *h1Conn) failure(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return context.Cause(ctx)
+	}
+	return err
+}
+
+// finish ends a response: the connection goes back to the stack when the
+// response allows it and its context did not interrupt it.
+func (pc *h1Conn) finish(stop func() bool, keep bool) {
+	if stop() && keep {
+		pc.c.put(pc)
+		return
+	}
+	pc.close()
+}
+
+// alive reports whether the manager left an idle connection open and
+// silent: a non-blocking peek at the socket must find nothing to read. A
+// FIN, a reset, a TLS alert or stray bytes all make it unusable, so a POST
+// is never written to a connection the manager already closed.
+func (pc *h1Conn) alive() bool {
+	if pc.br.Buffered() > 0 {
+		return false
+	}
+	if pc.raw == nil {
+		return pc.aliveByDeadline()
+	}
+	var open bool
+	err := pc.raw.Read(func(fd uintptr) bool {
+		open = peekWouldBlock(fd)
+		return true
+	})
+	return err == nil && open
+}
+
+// aliveByDeadline is alive for a connection whose socket cannot be
+// reached (a dialer wrapping it in a type of its own): a read that must
+// time out at once. It sees what that wrapper reports, and data or a
+// close the TLS layer already buffered.
+func (pc *h1Conn) aliveByDeadline() bool {
+	if err := pc.tc.SetReadDeadline(time.Now()); err != nil {
+		return false
+	}
+	var b [1]byte
+	n, err := pc.tc.Read(b[:])
+	ne, timeout := errors.AsType[net.Error](err)
+	if n > 0 || !timeout || !ne.Timeout() {
+		return false
+	}
+	return pc.tc.SetReadDeadline(time.Time{}) == nil
+}
+
+// countingConn counts the bytes that reached the socket, so a failed write
+// can prove that nothing did.
+type countingConn struct {
+	net.Conn
+	written int64
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.written += int64(n)
+	return n, err
+}
+
+// syscallConn finds the socket under the dialer's wrappers.
+func syscallConn(c net.Conn) syscall.RawConn {
+	for {
+		switch v := c.(type) {
+		case *countedConn:
+			c = v.Conn
+			continue
+		case syscall.Conn:
+			rc, err := v.SyscallConn()
+			if err != nil {
+				return nil
+			}
+			return rc
+		}
+		return nil
+	}
+}
+
+// limitedReader reads the TLS connection, at most limit bytes while
+// limit is not negative (the response headers' bound).
+type limitedReader struct {
+	tc    *tls.Conn
+	limit int64
+}
+
+func (r *limitedReader) Read(p []byte) (int, error) {
+	if r.limit == 0 {
+		return 0, errors.New("legacy_tls: response headers too large")
+	}
+	if r.limit > 0 && int64(len(p)) > r.limit {
+		p = p[:r.limit]
+	}
+	n, err := r.tc.Read(p)
+	if r.limit > 0 {
+		r.limit -= int64(n)
+	}
+	return n, err
+}
+
+// h1Body is a fast-path response body: at EOF its connection is reused.
+type h1Body struct {
+	io.ReadCloser
+	pc   *h1Conn
+	stop func() bool
+	keep bool
+	ctx  context.Context
+	done bool
+}
+
+func (b *h1Body) Read(p []byte) (int, error) {
+	if b.done {
+		return 0, io.EOF
+	}
+	n, err := b.ReadCloser.Read(p)
+	switch {
+	case err == io.EOF:
+		b.done = true
+		b.pc.finish(b.stop, b.keep)
+	case err != nil:
+		b.done = true
+		b.stop()
+		b.pc.close()
+		err = b.pc.failure(b.ctx, err)
+	}
+	return n, err
+}
+
+func (b *h1Body) Close() error {
+	if b.done {
+		return nil
+	}
+	b.done = true
+	b.stop()
+	b.pc.close() // the rest of the body is unread
+	return nil
+}
+
+// gzipBody decompresses a body Go's transport would have decompressed.
+type gzipBody struct {
+	body *h1Body
+	zr   *gzip.Reader
+	err  error
+}
+
+func (g *gzipBody) Read(p []byte) (int, error) {
+	if g.err != nil {
+		return 0, g.err
+	}
+	if g.zr == nil {
+		g.zr, g.err = gzip.NewReader(g.body)
+		if g.err != nil {
+			return 0, g.err
+		}
+	}
+	return g.zr.Read(p)
+}
+
+func (g *gzipBody) Close() error { return g.body.Close() }
+
+// canonicalAddr is req's host:port, port 443 when none is given.
+func canonicalAddr(req *http.Request) string {
+	host := req.URL.Host
+	if _, _, err := net.SplitHostPort(host); err == nil {
+		return host
+	}
+	return net.JoinHostPort(host, "443")
+}
