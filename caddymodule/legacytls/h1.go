@@ -296,8 +296,9 @@ func (c *h1Client) readResponse(pc *h1Conn, req *http.Request, trace *httptrace.
 	}
 }
 
-// get returns an idle connection to addr that the manager has not closed,
-// or dials one.
+// get returns the most recently used idle connection to addr that has not
+// aged out, or dials one. Whether the manager closed it is checked in
+// attempt, right before the write.
 func (c *h1Client) get(ctx context.Context, addr string) (*h1Conn, error) {
 	for {
 		c.mu.Lock()
@@ -310,7 +311,7 @@ func (c *h1Client) get(ctx context.Context, addr string) (*h1Conn, error) {
 		stack[len(stack)-1] = nil
 		c.idle[addr] = stack[:len(stack)-1]
 		c.mu.Unlock()
-		if c.idleTimeout > 0 && time.Since(pc.idleAt) > c.idleTimeout || !pc.alive() {
+		if c.idleTimeout > 0 && time.Since(pc.idleAt) > c.idleTimeout {
 			pc.close()
 			continue
 		}
