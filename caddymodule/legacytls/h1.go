@@ -267,6 +267,10 @@ func (c *h1Client) readResponse(pc *h1Conn, req *http.Request, trace *httptrace.
 			if exhausted {
 				return nil, fmt.Errorf("legacy_tls: the manager's response headers exceed %d bytes", c.maxHeader)
 			}
+			if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
+				// reverse_proxy answers 504 only for a net.Error itself.
+				return nil, timeoutError{err}
+			}
 			return nil, fmt.Errorf("legacy_tls: reading the response: %w", err)
 		}
 		if resp.StatusCode == http.StatusSwitchingProtocols {
@@ -478,6 +482,17 @@ func (pc *h1Conn) aliveByDeadline() bool {
 	}
 	return pc.tc.SetReadDeadline(time.Time{}) == nil
 }
+
+// timeoutError is a response that did not come in time, as a net.Error
+// (reverse_proxy does not unwrap errors to find one).
+type timeoutError struct{ err error }
+
+func (e timeoutError) Error() string {
+	return "legacy_tls: timeout awaiting response headers: " + e.err.Error()
+}
+func (e timeoutError) Unwrap() error   { return e.err }
+func (e timeoutError) Timeout() bool   { return true }
+func (e timeoutError) Temporary() bool { return true }
 
 // countingConn counts the bytes that reached the socket, so a failed write
 // can prove that nothing did.
