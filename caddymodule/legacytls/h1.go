@@ -14,7 +14,6 @@ import (
 	"net/http/httptrace"
 	"net/textproto"
 	"net/url"
-	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -60,10 +59,7 @@ var errUseTransport = errors.New("legacy_tls: the manager speaks HTTP/2")
 // when something it does not implement is configured.
 func newH1Client(l *LegacyTLS) *h1Client {
 	t := l.Transport
-	if os.Getenv("LEGACYGATE_H1") == "off" {
-		return nil
-	}
-	if t == nil || t.DialContext == nil || t.DialTLSContext != nil || t.DialTLS != nil || t.TLSClientConfig == nil ||
+	if !canPeekSockets || t == nil || t.DialContext == nil || t.DialTLSContext != nil || t.DialTLS != nil || t.TLSClientConfig == nil ||
 		t.DisableKeepAlives || l.ProxyProtocol != "" || t.Proxy == nil {
 		return nil
 	}

@@ -2,6 +2,8 @@
 
 package legacytls
 
-// peekWouldBlock cannot tell without a unix socket peek: an idle
-// connection is then never reused by the fast path.
+// canPeekSockets: without a unix socket peek, alive cannot tell a closed
+// idle connection, so Go's transport serves every request.
+const canPeekSockets = false
+
 func peekWouldBlock(uintptr) bool { return false }

@@ -4,6 +4,10 @@ package legacytls
 
 import "syscall"
 
+// canPeekSockets: alive can tell a closed idle connection, so the fast
+// path can reuse connections.
+const canPeekSockets = true
+
 // peekWouldBlock reports whether a non-blocking peek at the socket finds
 // nothing to read yet (no data, no FIN, no error).
 func peekWouldBlock(fd uintptr) bool {
