@@ -464,10 +464,11 @@ func (pc *h1Conn) alive() bool {
 
 // aliveByDeadline is alive for a connection whose socket cannot be
 // reached (a dialer wrapping it in a type of its own): a read that must
-// time out at once. It sees what that wrapper reports, and data or a
-// close the TLS layer already buffered.
+// time out within aliveWait. The deadline lies ahead so that the read is
+// really tried (Go fails a read whose deadline already passed without
+// reading), and a close_notify, FIN or reset already received is seen.
 func (pc *h1Conn) aliveByDeadline() bool {
-	if err := pc.tc.SetReadDeadline(time.Now()); err != nil {
+	if err := pc.tc.SetReadDeadline(time.Now().Add(aliveWait)); err != nil {
 		return false
 	}
 	var b [1]byte
@@ -478,6 +479,10 @@ func (pc *h1Conn) aliveByDeadline() bool {
 	}
 	return pc.tc.SetReadDeadline(time.Time{}) == nil
 }
+
+// aliveWait is how long aliveByDeadline waits for an idle connection to
+// show that it was closed.
+const aliveWait = 2 * time.Millisecond
 
 // timeoutError is a response that did not come in time, as a net.Error
 // (reverse_proxy does not unwrap errors to find one).

@@ -34,6 +34,7 @@ type bodyManager struct {
 
 	mu     sync.Mutex
 	bodies []string
+	conns  []net.Conn // the manager's side of each accepted connection
 }
 
 func newBodyManager(t *testing.T, headThenClose bool) *bodyManager {
@@ -57,11 +58,23 @@ func newBodyManager(t *testing.T, headThenClose bool) *bodyManager {
 			if err != nil {
 				return
 			}
+			m.mu.Lock()
+			m.conns = append(m.conns, c)
+			m.mu.Unlock()
 			conns.Go(func() { m.serve(c) })
 		}
 	}()
 	m.addr = ln.Addr().String()
 	return m
+}
+
+// closeLatest closes the manager's side of the newest connection, as a
+// manager whose keep-alive timeout ran out does (TLS close_notify, FIN).
+func (m *bodyManager) closeLatest() {
+	m.mu.Lock()
+	c := m.conns[len(m.conns)-1]
+	m.mu.Unlock()
+	c.Close()
 }
 
 func (m *bodyManager) serve(c net.Conn) {
@@ -100,22 +113,13 @@ func (m *bodyManager) received() []string {
 	return slices.Clone(m.bodies)
 }
 
-// faultConn lets a test break a connection to the manager the way a
-// manager that closed it would look to the transport: writes fail with
-// nothing written, and (with eof) reads see the end of the stream.
+// faultConn lets a test make a write to the manager fail with nothing
+// written, as on a connection the manager reset, and tells when it closes.
 type faultConn struct {
 	net.Conn
-	writeFails, eof atomic.Bool
-	closed          chan struct{}
-	closeOnce       sync.Once
-}
-
-func (c *faultConn) Read(p []byte) (int, error) {
-	n, err := c.Conn.Read(p)
-	if c.eof.Load() {
-		return 0, io.EOF
-	}
-	return n, err
+	writeFails atomic.Bool
+	closed     chan struct{}
+	closeOnce  sync.Once
 }
 
 func (c *faultConn) Write(p []byte) (int, error) {
@@ -130,12 +134,26 @@ func (c *faultConn) Close() error {
 	return c.Conn.Close()
 }
 
-// hangUp makes the connection look closed by the manager: reads return EOF
-// (the transport's idle reader wakes up now) and writes fail.
-func (c *faultConn) hangUp() {
-	c.writeFails.Store(true)
-	c.eof.Store(true)
-	c.Conn.SetReadDeadline(time.Now())
+// closeReached reports whether the manager's close has reached the
+// gateway's side of c: a reader of the connection (Go's transport has one
+// on every idle connection) saw it and closed c, or the socket holds the
+// close_notify or FIN, unread (the fast path reads nothing while idle).
+func (c *faultConn) closeReached() bool {
+	select {
+	case <-c.closed:
+		return true
+	default:
+	}
+	raw := syscallConn(c.Conn)
+	if raw == nil || !canPeekSockets {
+		return false
+	}
+	pending := false
+	err := raw.Read(func(fd uintptr) bool {
+		pending = !peekWouldBlock(fd)
+		return true
+	})
+	return err != nil || pending
 }
 
 // faultTransport is legacy_tls to m whose connections are faultConns; last
@@ -168,8 +186,12 @@ func faultTransport(t *testing.T, m *bodyManager) (l *LegacyTLS, last func() *fa
 }
 
 // breakReused breaks the reused connection the request is given, in the
-// way fault names, before the transport writes anything on it.
-func breakReused(t *testing.T, req *http.Request, last func() *faultConn, fault string) *http.Request {
+// way fault names, before the transport writes anything on it:
+// write_fails makes the write fail with nothing written; closed_before_write
+// has the manager close its side, and waits until the close has reached
+// the gateway's socket, as a manager's idle close does before the next
+// request comes.
+func breakReused(t *testing.T, req *http.Request, m *bodyManager, last func() *faultConn, fault string) *http.Request {
 	t.Helper()
 	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
 		if !info.Reused {
@@ -180,14 +202,16 @@ func breakReused(t *testing.T, req *http.Request, last func() *faultConn, fault 
 		case "write_fails":
 			c.writeFails.Store(true)
 		case "closed_before_write":
-			c.hangUp()
-			// The idle reader closes the connection; the transport's
-			// state follows the close within the same critical section.
-			select {
-			case <-c.closed:
-			case <-time.After(5 * time.Second):
-				t.Error("the transport did not notice the manager's close")
+			m.closeLatest()
+			deadline := time.Now().Add(5 * time.Second)
+			for !c.closeReached() {
+				if time.Now().After(deadline) {
+					t.Error("the manager's close did not reach the gateway's socket")
+					return
+				}
+				time.Sleep(time.Millisecond)
 			}
+			// Let a reader woken by the close (Go's transport's) act on it.
 			time.Sleep(50 * time.Millisecond)
 		}
 	}}
@@ -222,7 +246,7 @@ func TestRetriesOnlyARequestTheManagerReceivedNoneOf(t *testing.T) {
 			before := retriesByReason(l)
 
 			body := &opaqueBody{r: strings.NewReader(tc.body)}
-			req := breakReused(t, postRequest(m.addr, body, int64(len(tc.body)), nil), last, tc.fault)
+			req := breakReused(t, postRequest(m.addr, body, int64(len(tc.body)), nil), m, last, tc.fault)
 			resp, err := l.RoundTrip(req)
 			if resp != nil {
 				defer resp.Body.Close()
