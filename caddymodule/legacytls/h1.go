@@ -14,12 +14,15 @@ import (
 	"net/http/httptrace"
 	"net/textproto"
 	"net/url"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"golang.org/x/net/http/httpguts"
 )
 
 // h1Client is the synchronous HTTP/1.1 client legacy_tls uses instead of
@@ -114,6 +117,12 @@ func (c *h1Client) usable(req *http.Request) bool {
 // attempt) and its body is in memory; nothing else is retried.
 func (c *h1Client) roundTrip(req *http.Request) (*http.Response, error) {
 	ctx := req.Context()
+	if err := validateRequest(req); err != nil {
+		if req.Body != nil {
+			req.Body.Close()
+		}
+		return nil, err
+	}
 	addr := canonicalAddr(req)
 	pc, err := c.get(ctx, addr)
 	if err != nil {
@@ -212,15 +221,41 @@ func (c *h1Client) attempt(pc *h1Conn, req *http.Request, trace *httptrace.Clien
 		resp.Header.Del("Content-Length")
 		resp.ContentLength = -1
 		resp.Uncompressed = true
-		resp.Body = &gzipBody{body: &h1Body{ReadCloser: resp.Body, pc: pc, stop: stop, keep: keep, ctx: ctx}}
+		resp.Body = &gzipBody{body: newH1Body(ctx, resp.Body, pc, stop, keep)}
 		return resp, "", nil
 	}
 	if resp.Body == http.NoBody {
 		pc.finish(stop, keep)
 		return resp, "", nil
 	}
-	resp.Body = &h1Body{ReadCloser: resp.Body, pc: pc, stop: stop, keep: keep, ctx: ctx}
+	resp.Body = newH1Body(ctx, resp.Body, pc, stop, keep)
 	return resp, "", nil
+}
+
+// validateRequest refuses, before any connection is taken, what Go's
+// transport refuses before sending: a method that is not a token and a
+// header or trailer field name or value that could split or smuggle a
+// header line. Values are not quoted in the error: they may be secrets.
+func validateRequest(req *http.Request) error {
+	if req.Method != "" && strings.IndexFunc(req.Method, func(r rune) bool { return !httpguts.IsTokenRune(r) }) >= 0 {
+		return fmt.Errorf("legacy_tls: invalid method %q", req.Method)
+	}
+	for _, h := range []struct {
+		kind   string
+		fields http.Header
+	}{{"header", req.Header}, {"trailer", req.Trailer}} {
+		for name, values := range h.fields {
+			if !httpguts.ValidHeaderFieldName(name) {
+				return fmt.Errorf("legacy_tls: invalid %s field name %q", h.kind, name)
+			}
+			for _, v := range values {
+				if !httpguts.ValidHeaderFieldValue(v) {
+					return fmt.Errorf("legacy_tls: invalid %s field value for %q", h.kind, name)
+				}
+			}
+		}
+	}
+	return nil
 }
 
 // bufferBody reads a small body of known length whole, so that headers
@@ -265,7 +300,7 @@ func (c *h1Client) readResponse(pc *h1Conn, req *http.Request, trace *httptrace.
 			}
 			if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
 				// reverse_proxy answers 504 only for a net.Error itself.
-				return nil, timeoutError{err}
+				return nil, timeoutError{"response headers", err}
 			}
 			return nil, fmt.Errorf("legacy_tls: reading the response: %w", err)
 		}
@@ -310,8 +345,12 @@ func (c *h1Client) get(ctx context.Context, addr string) (*h1Conn, error) {
 		pc := stack[len(stack)-1]
 		stack[len(stack)-1] = nil
 		c.idle[addr] = stack[:len(stack)-1]
+		stale := c.idleTimeout > 0 && time.Since(pc.idleAt) > c.idleTimeout
 		c.mu.Unlock()
-		if c.idleTimeout > 0 && time.Since(pc.idleAt) > c.idleTimeout {
+		if pc.idleTimer != nil {
+			pc.idleTimer.Stop()
+		}
+		if stale {
 			pc.close()
 			continue
 		}
@@ -346,6 +385,11 @@ func (c *h1Client) dialConn(ctx context.Context, addr string) (*h1Conn, error) {
 	}
 	if err := tc.HandshakeContext(hctx); err != nil {
 		raw.Close()
+		if ctx.Err() == nil && errors.Is(hctx.Err(), context.DeadlineExceeded) {
+			// reverse_proxy answers 504 only for a net.Error itself, as
+			// for Go's transport's "TLS handshake timeout".
+			return nil, timeoutError{"TLS handshake", err}
+		}
 		return nil, err
 	}
 	state := tc.ConnectionState()
@@ -361,13 +405,11 @@ func (c *h1Client) dialConn(ctx context.Context, addr string) (*h1Conn, error) {
 	return pc, nil
 }
 
-// put keeps pc for the next request, unless enough are idle already. The
-// oldest idle connection is closed here if it aged out, so a stack that
-// only grows and shrinks at its top does not keep stale ones for ever.
+// put keeps pc for the next request, unless enough are idle already. A
+// connection left idle for the idle timeout is closed by its timer (see
+// expire), traffic or not, so neither the pool's idle gauge nor the
+// manager keeps stale ones.
 func (c *h1Client) put(pc *h1Conn) {
-	pc.reused = true
-	pc.idleAt = time.Now()
-	var stale *h1Conn
 	c.mu.Lock()
 	stack := c.idle[pc.addr]
 	if c.closed || len(stack) >= c.maxIdle {
@@ -375,17 +417,33 @@ func (c *h1Client) put(pc *h1Conn) {
 		pc.close()
 		return
 	}
-	if len(stack) > 0 && c.idleTimeout > 0 && pc.idleAt.Sub(stack[0].idleAt) > c.idleTimeout {
-		stale = stack[0]
-		copy(stack, stack[1:])
-		stack[len(stack)-1] = nil
-		stack = stack[:len(stack)-1]
-	}
+	pc.reused = true
+	pc.idleAt = time.Now()
 	c.idle[pc.addr] = append(stack, pc)
-	c.mu.Unlock()
-	if stale != nil {
-		stale.close()
+	if c.idleTimeout > 0 {
+		if pc.idleTimer == nil {
+			pc.idleTimer = time.AfterFunc(c.idleTimeout, func() { c.expire(pc) })
+		} else {
+			pc.idleTimer.Reset(c.idleTimeout)
+		}
 	}
+	c.mu.Unlock()
+}
+
+// expire closes pc if it is still idle and has been for the idle timeout.
+// A timer that fired as get took pc, or for an earlier idle spell, finds
+// it in use or idle since more recently, and leaves it alone.
+func (c *h1Client) expire(pc *h1Conn) {
+	c.mu.Lock()
+	stack := c.idle[pc.addr]
+	i := slices.Index(stack, pc)
+	if i < 0 || time.Since(pc.idleAt) < c.idleTimeout {
+		c.mu.Unlock()
+		return
+	}
+	c.idle[pc.addr] = slices.Delete(stack, i, i+1)
+	c.mu.Unlock()
+	pc.close()
 }
 
 // closeIdle closes every idle connection, for good: the transport is
@@ -398,6 +456,9 @@ func (c *h1Client) closeIdle() {
 	c.mu.Unlock()
 	for _, stack := range idle {
 		for _, pc := range stack {
+			if pc.idleTimer != nil {
+				pc.idleTimer.Stop()
+			}
 			pc.close()
 		}
 	}
@@ -414,8 +475,10 @@ type h1Conn struct {
 	src    limitedReader
 	br     *bufio.Reader
 	bw     *bufio.Writer
-	idleAt time.Time
 	reused bool
+	// idleAt and idleTimer are guarded by h1Client.mu while pc is idle.
+	idleAt    time.Time
+	idleTimer *time.Timer
 }
 
 func (pc *h1Conn) close() { pc.tc.Close() }
@@ -484,12 +547,16 @@ func (pc *h1Conn) aliveByDeadline() bool {
 // show that it was closed.
 const aliveWait = 2 * time.Millisecond
 
-// timeoutError is a response that did not come in time, as a net.Error
-// (reverse_proxy does not unwrap errors to find one).
-type timeoutError struct{ err error }
+// timeoutError is a manager that did not answer in time (what names
+// what it did not finish), as a net.Error: reverse_proxy does not unwrap
+// errors to find one.
+type timeoutError struct {
+	what string
+	err  error
+}
 
 func (e timeoutError) Error() string {
-	return "legacy_tls: timeout awaiting response headers: " + e.err.Error()
+	return "legacy_tls: timeout awaiting " + e.what + ": " + e.err.Error()
 }
 func (e timeoutError) Unwrap() error   { return e.err }
 func (e timeoutError) Timeout() bool   { return true }
@@ -548,44 +615,75 @@ func (r *limitedReader) Read(p []byte) (int, error) {
 }
 
 // h1Body is a fast-path response body: at EOF its connection is reused.
+// Close may be called while a Read is in progress on another goroutine
+// (reverse_proxy closes the body when its client goes away), as Go's
+// transport allows: Close closes the connection, which ends that Read,
+// and whichever of the two ends the body first decides the connection's
+// fate, once.
 type h1Body struct {
-	io.ReadCloser
-	pc   *h1Conn
-	stop func() bool
-	keep bool
-	ctx  context.Context
-	done bool
+	body  io.ReadCloser // read only by Read
+	pc    *h1Conn
+	stop  func() bool
+	keep  bool
+	ctx   context.Context
+	state atomic.Int32 // bodyOpen, then bodyEOF or bodyClosed
+}
+
+const (
+	bodyOpen int32 = iota
+	bodyEOF
+	bodyClosed
+)
+
+// errBodyClosed is a Read after, or during, Close (Go's transport says
+// "http: read on closed response body").
+var errBodyClosed = errors.New("legacy_tls: read on a closed response body")
+
+func newH1Body(ctx context.Context, body io.ReadCloser, pc *h1Conn, stop func() bool, keep bool) *h1Body {
+	return &h1Body{body: body, pc: pc, stop: stop, keep: keep, ctx: ctx}
 }
 
 func (b *h1Body) Read(p []byte) (int, error) {
-	if b.done {
+	switch b.state.Load() {
+	case bodyEOF:
 		return 0, io.EOF
+	case bodyClosed:
+		return 0, errBodyClosed
 	}
-	n, err := b.ReadCloser.Read(p)
-	switch {
-	case err == io.EOF:
-		b.done = true
+	n, err := b.body.Read(p)
+	if err == nil {
+		return n, nil
+	}
+	if !b.state.CompareAndSwap(bodyOpen, terminal(err)) {
+		return n, errBodyClosed // Close ended the body while this Read ran
+	}
+	if err == io.EOF {
 		b.pc.finish(b.stop, b.keep)
-	case err != nil:
-		b.done = true
-		b.stop()
-		b.pc.close()
-		err = b.pc.failure(b.ctx, err)
+		return n, io.EOF
 	}
-	return n, err
+	b.stop()
+	b.pc.close()
+	return n, b.pc.failure(b.ctx, err)
+}
+
+// terminal is the state a Read that returned err leaves the body in.
+func terminal(err error) int32 {
+	if err == io.EOF {
+		return bodyEOF
+	}
+	return bodyClosed
 }
 
 func (b *h1Body) Close() error {
-	if b.done {
-		return nil
+	if b.state.CompareAndSwap(bodyOpen, bodyClosed) {
+		b.stop()
+		b.pc.close() // the rest of the body is unread; a Read in progress ends
 	}
-	b.done = true
-	b.stop()
-	b.pc.close() // the rest of the body is unread
 	return nil
 }
 
 // gzipBody decompresses a body Go's transport would have decompressed.
+// Its Close touches only the h1Body, so it may run during a Read.
 type gzipBody struct {
 	body *h1Body
 	zr   *gzip.Reader
