@@ -125,6 +125,9 @@ func (c *h1Client) roundTrip(req *http.Request) (*http.Response, error) {
 	}
 	addr := canonicalAddr(req)
 	pc, err := c.get(ctx, addr)
+	if errors.Is(err, errUseTransport) {
+		return nil, err // nothing read or sent: Go's transport takes req as it is
+	}
 	if err != nil {
 		if req.Body != nil {
 			req.Body.Close() // a RoundTripper always closes it
@@ -150,11 +153,11 @@ func (c *h1Client) roundTrip(req *http.Request) (*http.Response, error) {
 			return nil, err
 		}
 		c.l.countRetry(req, reason, err)
-		if pc, err = c.dialConn(ctx, addr); err != nil {
-			return nil, err
-		}
 		if body != nil {
 			req.Body = io.NopCloser(bytes.NewReader(body))
+		}
+		if pc, err = c.dialConn(ctx, addr); err != nil {
+			return nil, err // errUseTransport: the body is whole again for Go's transport
 		}
 	}
 }
@@ -215,7 +218,7 @@ func (c *h1Client) attempt(pc *h1Conn, req *http.Request, trace *httptrace.Clien
 		return nil, "", pc.failure(ctx, err)
 	}
 	resp.TLS = pc.state
-	keep := !resp.Close
+	keep := !resp.Close && !req.Close
 	if addGzip && resp.Header.Get("Content-Encoding") == "gzip" {
 		resp.Header.Del("Content-Encoding")
 		resp.Header.Del("Content-Length")

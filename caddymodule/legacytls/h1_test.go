@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strings"
 	"sync"
@@ -566,5 +567,54 @@ func TestH1DecompressesGzipOnlyWhenItAskedForIt(t *testing.T) {
 				t.Errorf("%d handshakes for two requests, want 1: a body read to its end frees the connection", got)
 			}
 		})
+	}
+}
+
+// closingBody is a request body that, as a server's request body, cannot
+// be read once closed.
+type closingBody struct {
+	r      io.Reader
+	closed atomic.Bool
+}
+
+func (b *closingBody) Read(p []byte) (int, error) {
+	if b.closed.Load() {
+		return 0, errors.New("read on a closed request body")
+	}
+	return b.r.Read(p)
+}
+
+func (b *closingBody) Close() error { b.closed.Store(true); return nil }
+
+// TestH1HandsAnHTTP2ManagersFirstRequestToGoWithItsBody: the fast path
+// learns that the manager speaks HTTP/2 only from the handshake of its
+// first connection; that request, body and all, must still reach the
+// manager through Go's transport, and so must the next ones.
+func TestH1HandsAnHTTP2ManagersFirstRequestToGoWithItsBody(t *testing.T) {
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "%s %s", r.Proto, body)
+	}))
+	srv.EnableHTTP2 = true
+	srv.StartTLS()
+	defer srv.Close()
+	l := &LegacyTLS{Pins: []string{PinOf(srv.Certificate())}}
+	if err := provisionLegacyTLS(t, l); err != nil {
+		t.Fatal(err)
+	}
+	if l.h1 == nil {
+		t.Fatal("the fast path is off for this transport; the test would prove nothing")
+	}
+	for i, payload := range []string{"first heartbeat", "second heartbeat"} {
+		body := &closingBody{r: strings.NewReader(payload)}
+		resp, err := l.RoundTrip(postRequest(srv.Listener.Addr().String(), body, int64(len(payload)), nil))
+		if err != nil {
+			t.Fatalf("request %d to an HTTP/2 manager: %v", i+1, err)
+		}
+		got, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if want := "HTTP/2.0 " + payload; string(got) != want {
+			t.Errorf("request %d: the manager answered %q, want %q", i+1, got, want)
+		}
 	}
 }
