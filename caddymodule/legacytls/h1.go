@@ -149,7 +149,13 @@ func (c *h1Client) roundTrip(req *http.Request) (*http.Response, error) {
 		if err == nil {
 			return resp, nil
 		}
-		if reason == "" || retried || !replayable || ctx.Err() != nil {
+		// A connection found closed before the write has not touched the
+		// body, so even a streamed one can go on a new connection; a failed
+		// write may have consumed part of it.
+		if reason == "" || retried || ctx.Err() != nil || (!replayable && reason != retryClosedBeforeWrite) {
+			if req.Body != nil {
+				req.Body.Close() // a RoundTripper always closes it
+			}
 			return nil, err
 		}
 		c.l.countRetry(req, reason, err)
