@@ -100,28 +100,60 @@ type closingManager struct {
 
 func newClosingManager(t *testing.T) *closingManager {
 	t.Helper()
+	m := &closingManager{}
+	m.addr, m.pin = serveManager(t, managerListener{serve: m.serveOne})
+	return m
+}
+
+// managerListener is how serveManager's emulated manager listens.
+type managerListener struct {
+	tls12      bool          // TLS 1.2 at most (else Go's default, 1.3)
+	handshakes *atomic.Int64 // counts handshakes when set
+	stop       func()        // runs first when the test ends
+	serve      func(net.Conn)
+}
+
+// serveManager listens on 127.0.0.1 with a fresh manager certificate and
+// serves each accepted connection with ml.serve on a goroutine of its own,
+// until the test ends. It returns the address and the certificate's pin.
+func serveManager(t *testing.T, ml managerListener) (addr, pin string) {
+	t.Helper()
 	pair, err := certs.New(certs.Modern, "manager.test", 2048)
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := &closingManager{pin: pair.Pin()}
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{pair.TLS()}})
+	cfg := &tls.Config{Certificates: []tls.Certificate{pair.TLS()}}
+	if ml.tls12 {
+		cfg.MaxVersion = tls.VersionTLS12
+	}
+	if ml.handshakes != nil {
+		cfg.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
+			ml.handshakes.Add(1)
+			return nil, nil
+		}
+	}
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var conns sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); conns.Wait() })
+	t.Cleanup(func() {
+		if ml.stop != nil {
+			ml.stop()
+		}
+		ln.Close()
+		conns.Wait()
+	})
 	go func() {
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			conns.Go(func() { m.serveOne(c) })
+			conns.Go(func() { ml.serve(c) })
 		}
 	}()
-	m.addr = ln.Addr().String()
-	return m
+	return ln.Addr().String(), pair.Pin()
 }
 
 func (m *closingManager) serveOne(c net.Conn) {
@@ -178,34 +210,11 @@ type scriptedManager struct {
 
 func newScriptedManager(t *testing.T, answer func(c net.Conn, req *http.Request)) *scriptedManager {
 	t.Helper()
-	pair, err := certs.New(certs.Modern, "manager.test", 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := &scriptedManager{pin: pair.Pin(), quit: make(chan struct{})}
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{
-		Certificates: []tls.Certificate{pair.TLS()},
-		MaxVersion:   tls.VersionTLS12,
-		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
-			m.handshakes.Add(1)
-			return nil, nil
-		},
+	m := &scriptedManager{quit: make(chan struct{})}
+	m.addr, m.pin = serveManager(t, managerListener{
+		tls12: true, handshakes: &m.handshakes, stop: func() { close(m.quit) },
+		serve: func(c net.Conn) { m.serve(c, answer) },
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var conns sync.WaitGroup
-	t.Cleanup(func() { close(m.quit); ln.Close(); conns.Wait() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			conns.Go(func() { m.serve(c, answer) })
-		}
-	}()
-	m.addr = ln.Addr().String()
 	return m
 }
 
@@ -251,13 +260,7 @@ func contextOf(quit chan struct{}) context.Context {
 
 func scriptedTransport(t *testing.T, m *scriptedManager, opts func(*LegacyTLS)) *LegacyTLS {
 	t.Helper()
-	l := &LegacyTLS{Pins: []string{m.pin}}
-	if opts != nil {
-		opts(l)
-	}
-	if err := provisionLegacyTLS(t, l); err != nil {
-		t.Fatal(err)
-	}
+	l := pinnedTransport(t, m.pin, opts)
 	if l.h1 == nil {
 		t.Fatal("the fast path is off for a plain pinned HTTP/1.1 manager")
 	}

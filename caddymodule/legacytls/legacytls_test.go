@@ -270,7 +270,13 @@ func (c *recordCountingConn) Read(p []byte) (int, error) {
 // provisionRecordTransport is legacy_tls pinned to m, with opts applied.
 func provisionRecordTransport(t *testing.T, m *recordManager, opts func(*LegacyTLS)) *LegacyTLS {
 	t.Helper()
-	l := &LegacyTLS{Pins: []string{m.pin}}
+	return pinnedTransport(t, m.pin, opts)
+}
+
+// pinnedTransport is legacy_tls pinned to pin, with opts applied.
+func pinnedTransport(t *testing.T, pin string, opts func(*LegacyTLS)) *LegacyTLS {
+	t.Helper()
+	l := &LegacyTLS{Pins: []string{pin}}
 	if opts != nil {
 		opts(l)
 	}

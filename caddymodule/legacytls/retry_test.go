@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/tls"
 	"errors"
 	"io"
 	"maps"
@@ -20,8 +19,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
-
-	"github.com/legacygate/legacygate/integration/certs"
 )
 
 // bodyManager is a TLS manager on 127.0.0.1 that records every request
@@ -39,32 +36,13 @@ type bodyManager struct {
 
 func newBodyManager(t *testing.T, headThenClose bool) *bodyManager {
 	t.Helper()
-	pair, err := certs.New(certs.Modern, "manager.test", 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := &bodyManager{pin: pair.Pin(), headThenClose: headThenClose}
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{
-		Certificates: []tls.Certificate{pair.TLS()}, MaxVersion: tls.VersionTLS12,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var conns sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); conns.Wait() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			m.mu.Lock()
-			m.conns = append(m.conns, c)
-			m.mu.Unlock()
-			conns.Go(func() { m.serve(c) })
-		}
-	}()
-	m.addr = ln.Addr().String()
+	m := &bodyManager{headThenClose: headThenClose}
+	m.addr, m.pin = serveManager(t, managerListener{tls12: true, serve: func(c net.Conn) {
+		m.mu.Lock()
+		m.conns = append(m.conns, c)
+		m.mu.Unlock()
+		m.serve(c)
+	}})
 	return m
 }
 
