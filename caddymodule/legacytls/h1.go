@@ -21,7 +21,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"golang.org/x/net/http/httpguts"
 )
 
@@ -75,7 +74,7 @@ func newH1Client(l *LegacyTLS) *h1Client {
 		idleTimeout:      t.IdleConnTimeout,
 		maxIdle:          t.MaxIdleConnsPerHost,
 		maxHeader:        t.MaxResponseHeaderBytes,
-		writeBuffer:      t.WriteBufferSize,
+		writeBuffer:      l.writeBufferSize(),
 		readBuffer:       t.ReadBufferSize,
 		gzip:             !t.DisableCompression,
 		idle:             make(map[string][]*h1Conn),
@@ -85,9 +84,6 @@ func newH1Client(l *LegacyTLS) *h1Client {
 	}
 	if c.maxHeader <= 0 {
 		c.maxHeader = 10 << 20 // Go's transport default
-	}
-	if c.writeBuffer <= 0 {
-		c.writeBuffer = defaultWriteBuffer
 	}
 	if c.readBuffer <= 0 {
 		c.readBuffer = 4 << 10
@@ -273,9 +269,7 @@ func validateRequest(req *http.Request) error {
 // is read only once a connection is ready, and a body that cannot be read
 // fails the request with nothing sent.
 func (c *h1Client) bufferBody(req *http.Request) ([]byte, error) {
-	if req.Body == nil || req.Body == http.NoBody || req.ContentLength <= 0 ||
-		req.ContentLength > int64(c.writeBuffer) || len(req.TransferEncoding) > 0 ||
-		caddyhttp.IsIncremental(req.Header) {
+	if !fitsOneWrite(req, c.writeBuffer) {
 		return nil, nil
 	}
 	buf := make([]byte, req.ContentLength)

@@ -315,13 +315,7 @@ func (l *LegacyTLS) roundTrip(req *http.Request) (*http.Response, error) {
 // HTTP/2 it resets the stream instead of ending it after an empty body.
 // Once buffered, the body can be sent again: see retryUnsent.
 func (l *LegacyTLS) coalesceBody(req *http.Request) (*http.Request, *bufferedBody) {
-	limit := int64(l.WriteBufferSize)
-	if limit <= 0 {
-		limit = defaultWriteBuffer
-	}
-	if req.ContentLength <= 0 || req.ContentLength > limit || req.Body == nil || req.Body == http.NoBody ||
-		req.GetBody != nil || len(req.TransferEncoding) > 0 ||
-		req.Header.Get("Expect") != "" || caddyhttp.IsIncremental(req.Header) {
+	if !fitsOneWrite(req, l.writeBufferSize()) || req.GetBody != nil || req.Header.Get("Expect") != "" {
 		return req, nil
 	}
 	ctx, cancel := context.WithCancelCause(req.Context())
@@ -340,6 +334,23 @@ func (l *LegacyTLS) coalesceBody(req *http.Request) (*http.Request, *bufferedBod
 // defaultWriteBuffer is the size of Go's transport write buffer when the
 // http transport's write_buffer is not set.
 const defaultWriteBuffer = 4 << 10
+
+// writeBufferSize is the write buffer of a connection to the manager.
+func (l *LegacyTLS) writeBufferSize() int {
+	if l.WriteBufferSize > 0 {
+		return l.WriteBufferSize
+	}
+	return defaultWriteBuffer
+}
+
+// fitsOneWrite reports whether req's body has a known length that fits
+// limit with room to be read whole before the write, and is not streamed
+// on purpose (Incremental).
+func fitsOneWrite(req *http.Request, limit int) bool {
+	return req.Body != nil && req.Body != http.NoBody && req.ContentLength > 0 &&
+		req.ContentLength <= int64(limit) && len(req.TransferEncoding) == 0 &&
+		!caddyhttp.IsIncremental(req.Header)
+}
 
 // bufferedBody is a request body read whole once the connection is ready.
 type bufferedBody struct {
