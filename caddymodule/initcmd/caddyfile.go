@@ -99,12 +99,19 @@ const globals = `
 	auto_https disable_redirects
 	# Never install Caddy's root certificate into this machine's trust store.
 	skip_install_trust
+	# reverse_proxy's own logger is off: it costs about 12% of a
+	# heartbeat's CPU; legacy_tls logs every failure towards the manager
+	# (docs/modules/legacy_tls.md#logging).
+	log default {
+		exclude http.handlers.reverse_proxy
+	}
 	# Errors (refused signatures, an unreachable manager, pin mismatches)
 	# also go to a file of their own.
 	log errors {
 		output file {$LEGACYGATE_ERROR_LOG:{{q .ErrorLog}}}
 		format json
 		level ERROR
+		exclude http.handlers.reverse_proxy
 	}
 	# HTTP/1.1 and HTTP/2 only (no agent speaks HTTP/3); bounded headers
 	# and time limits, so stalled clients cannot hold connections open.

@@ -142,18 +142,20 @@ func (c *countedConn) Close() error {
 
 // releasingBody ends the request's wire and gives the slot back when the
 // response body ends or is closed: only then does the connection become
-// free for another request.
+// free for another request. A body that breaks off is logged here, once,
+// at error level (see logBrokenBody).
 type releasingBody struct {
 	io.ReadCloser
 	once sync.Once
 	wire *wire
-	pool *pool
+	l    *LegacyTLS
+	req  *http.Request
 }
 
 func (b *releasingBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	if err != nil {
-		b.once.Do(b.release)
+		b.once.Do(func() { b.end(err) })
 	}
 	return n, err
 }
@@ -166,7 +168,16 @@ func (b *releasingBody) Close() error {
 
 func (b *releasingBody) release() {
 	b.wire.done()
-	b.pool.release()
+	b.l.pool.release()
+}
+
+// end releases the request when its body's first error is read, and logs
+// any error but the end of the body.
+func (b *releasingBody) end(err error) {
+	b.release()
+	if err != io.EOF {
+		b.l.logBrokenBody(b.req, err)
+	}
 }
 
 // releasingUpgradeBody keeps the Write of a 101 response's body, which
@@ -178,8 +189,8 @@ type releasingUpgradeBody struct {
 
 func (b releasingUpgradeBody) Write(p []byte) (int, error) { return b.w.Write(p) }
 
-func holdUntilBodyDone(resp *http.Response, w *wire, p *pool) {
-	body := &releasingBody{ReadCloser: resp.Body, wire: w, pool: p}
+func (l *LegacyTLS) holdUntilBodyDone(req *http.Request, resp *http.Response, w *wire) {
+	body := &releasingBody{ReadCloser: resp.Body, wire: w, l: l, req: req}
 	if rwc, ok := resp.Body.(io.ReadWriteCloser); ok && resp.StatusCode == http.StatusSwitchingProtocols {
 		resp.Body = releasingUpgradeBody{releasingBody: body, w: rwc}
 		return
@@ -325,6 +336,24 @@ func (l *LegacyTLS) logFailure(req *http.Request, reason string, err error) {
 		msg = "upstream certificate does not match any pin"
 	}
 	l.logger.Error(msg, fields...)
+}
+
+// logBrokenBody writes the one error line of a response the manager began
+// and did not finish: the client gets a truncated answer, or a refusal
+// from policy_guard, and reverse_proxy's own log lines are off in the
+// shipped configuration (docs/modules/legacy_tls.md#logging). Nothing is
+// logged when the client left or the body was closed on purpose.
+func (l *LegacyTLS) logBrokenBody(req *http.Request, err error) {
+	reason := failureReason(err)
+	if reason == "" || errors.Is(err, errBodyClosed) {
+		return
+	}
+	l.logger.Error("the manager's response broke off",
+		zap.String("reason", reason),
+		zap.String("upstream", req.URL.Host),
+		zap.String("method", req.Method),
+		zap.String("path", req.URL.Path),
+		zap.Error(err))
 }
 
 // upstreamConnections shows the pool; declared once so it carries over

@@ -325,6 +325,65 @@ func TestFailuresAreLoggedOnceWithReasonUpstreamAndPath(t *testing.T) {
 	}
 }
 
+func TestABodyTheManagerBreaksOffIsLoggedOnceAndAClosedOneNever(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		goPath     bool // Go's transport instead of the HTTP/1.1 client
+		closeEarly bool // the client closes the body before its end
+	}{
+		{"broken off, HTTP/1.1 client", false, false},
+		{"broken off, Go's transport", true, false},
+		{"closed by the client, HTTP/1.1 client", false, true},
+		{"closed by the client, Go's transport", true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := newScriptedManager(t, func(c net.Conn, _ *http.Request) {
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nshort")
+				if tc.closeEarly {
+					<-untilClosed(c)
+					return
+				}
+				c.Close() // 995 bytes short
+			})
+			l := scriptedTransport(t, m, nil)
+			if tc.goPath {
+				l.h1 = nil
+			}
+			core, logs := observer.New(zapcore.DebugLevel)
+			l.logger = zap.New(core)
+			resp, err := l.RoundTrip(getRequest(context.Background(), m.addr))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var b [5]byte
+			if _, err := io.ReadFull(resp.Body, b[:]); err != nil {
+				t.Fatalf("reading the first bytes: %v", err)
+			}
+			if tc.closeEarly {
+				resp.Body.Close()
+				if all := logs.All(); len(all) != 0 {
+					t.Fatalf("log lines %v after the client closed the body, want none", all)
+				}
+				return
+			}
+			for range 2 { // a second Read after the error adds no line
+				if _, err := io.ReadAll(resp.Body); err == nil {
+					t.Fatal("the rest of a body cut at 5 of 1,000 bytes read without an error")
+				}
+			}
+			resp.Body.Close()
+			all := logs.All()
+			if len(all) != 1 || all[0].Level != zapcore.ErrorLevel || all[0].Message != "the manager's response broke off" {
+				t.Fatalf("log lines %v, want exactly one error: the manager's response broke off", all)
+			}
+			fields := all[0].ContextMap()
+			if fields["reason"] != "upstream_error" || fields["upstream"] != m.addr || fields["path"] != "/heartbeat" {
+				t.Fatalf("log fields %v, want reason upstream_error, upstream %q, path /heartbeat", fields, m.addr)
+			}
+		})
+	}
+}
+
 // BenchmarkPoolHandshakes: 128 clients at once through legacy_tls with its
 // default pool, and through Caddy's http transport with its defaults (32
 // idle connections per host), reporting the manager's handshakes per 1,000

@@ -357,7 +357,7 @@ const generousLimit = "rate 1000000/1s\n\t\tburst 1000000"
 // manager_request, heartbeat_limit, policy_guard, and reverse_proxy through
 // legacy_tls pinned to the manager.
 func gatewayCaddyfile(dir string, port int, fr front, m *manager.Manager, managerCert, signKey, signCert string, legacy bool, limit string) (string, error) {
-	globals, err := caddyGlobals(dir, "")
+	globals, err := caddyGlobals(dir, shippedLogging)
 	if err != nil {
 		return "", err
 	}
@@ -392,6 +392,11 @@ func gatewayCaddyfile(dir string, port int, fr front, m *manager.Manager, manage
 }
 `, port, fr.certFile, fr.keyFile, limit, managerCert, signKey, signCert, sha1, m.Addrs().HTTPS, m.Pin(), minVersion, managerName), nil
 }
+
+// shippedLogging is Caddyfile.example's default log: reverse_proxy's own
+// logger off (docs/modules/legacy_tls.md#logging). Stock Caddy keeps
+// Caddy's default logging.
+const shippedLogging = "\tlog default {\n\t\texclude http.handlers.reverse_proxy\n\t}\n"
 
 // stockCaddyfile uses stock directives only: reverse_proxy over Caddy's http
 // transport, verifying the manager's certificate.

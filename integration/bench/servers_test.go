@@ -45,3 +45,15 @@ func TestResolveBinaryMakesCommandLinePathsAbsolute(t *testing.T) {
 		})
 	}
 }
+
+// TestGatewayLogsAsCaddyfileExampleShips keeps the benchmarked gateway's
+// logging the shipped one: reverse_proxy's logger off in the default log.
+func TestGatewayLogsAsCaddyfileExampleShips(t *testing.T) {
+	example, err := os.ReadFile(filepath.Join("..", "..", "Caddyfile.example"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(example), shippedLogging) {
+		t.Fatalf("Caddyfile.example lacks the benchmark's log block:\n%s", shippedLogging)
+	}
+}

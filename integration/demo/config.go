@@ -12,7 +12,7 @@ import (
 
 // The shipped configurations the demo runs, relative to the config folder
 // (the module root): the demo adds only the global options a test harness
-// needs (see demoGlobals) and sets the files' environment variables.
+// needs (see demoConfig) and sets the files' environment variables.
 const (
 	configSEPM         = "Caddyfile.example"
 	configRotation     = "examples/rotation.Caddyfile"
@@ -41,17 +41,32 @@ func readShipped(configDir, name string) (string, error) {
 	return string(b), nil
 }
 
+// demoConfig is shipped with the demo's global options (see demoConfig)
+// and its log: the default log goes to gateway.log in JSON, inside the
+// file's own `log default` block when it has one (Caddy refuses two).
+func demoConfig(shipped, admin, dir string, httpPort, httpsPort int) (string, error) {
+	output := fmt.Sprintf("\t\toutput file %s\n\t\tformat json\n", quote(filepath.Join(dir, "gateway.log")))
+	globals := demoGlobals(admin, dir, httpPort, httpsPort)
+	const defaultLog = "\n\tlog default {\n"
+	if i := strings.Index(shipped, defaultLog); i >= 0 {
+		at := i + len(defaultLog)
+		shipped = shipped[:at] + output + shipped[at:]
+	} else {
+		globals += "\tlog {\n" + output + "\t}\n"
+	}
+	return withGlobals(shipped, globals)
+}
+
 // demoGlobals are the global options the demo adds on top of a shipped
 // file, as integration/harness does for the end-to-end tests: an admin
-// endpoint for `legacygate reload` and the rotation status, storage and
-// logs inside the demo folder, unprivileged loopback ports for the files'
+// endpoint for `legacygate reload` and the rotation status, storage
+// inside the demo folder, unprivileged loopback ports for the files'
 // `http://` and `https://` sites, and no attempt to install Caddy's root.
 func demoGlobals(admin, dir string, httpPort, httpsPort int) string {
 	return fmt.Sprintf("\t# Added by mgrsim demo.\n"+
 		"\tadmin %s\n\tpersist_config off\n\tskip_install_trust\n"+
-		"\tstorage file_system %s\n\thttp_port %d\n\thttps_port %d\n"+
-		"\tlog {\n\t\toutput file %s\n\t\tformat json\n\t}\n",
-		admin, quote(filepath.Join(dir, "caddy")), httpPort, httpsPort, quote(filepath.Join(dir, "gateway.log")))
+		"\tstorage file_system %s\n\thttp_port %d\n\thttps_port %d\n",
+		admin, quote(filepath.Join(dir, "caddy")), httpPort, httpsPort)
 }
 
 // withGlobals inserts globals at the top of the Caddyfile's global options

@@ -94,3 +94,23 @@ func TestRotationExampleKeepsCaddyfileExamplesFront(t *testing.T) {
 		}
 	}
 }
+
+func TestDemoConfigLogsToItsFileWithOrWithoutADefaultLogBlock(t *testing.T) {
+	tests := []struct{ name, shipped, want string }{
+		{"no log block", "{\n\tauto_https off\n}\n",
+			"\tlog {\n\t\toutput file \"/d/gateway.log\"\n\t\tformat json\n\t}\n\tauto_https off\n"},
+		{"a default log block", "{\n\tlog default {\n\t\texclude x\n\t}\n}\n",
+			"\tlog default {\n\t\toutput file \"/d/gateway.log\"\n\t\tformat json\n\t\texclude x\n\t}\n"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := demoConfig(tc.shipped, "127.0.0.1:1", "/d", 2, 3)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(got, tc.want) || strings.Count(got, "log") != strings.Count(tc.want, "log") {
+				t.Fatalf("got\n%s\nwant it to hold, once,\n%s", got, tc.want)
+			}
+		})
+	}
+}

@@ -75,7 +75,7 @@ func (g *gateway) load(name string, vars map[string]string, file string) error {
 	if err != nil {
 		return err
 	}
-	caddyfile, err := withGlobals(shipped, demoGlobals(g.admin, g.dir, g.httpPort, g.httpsPort))
+	caddyfile, err := demoConfig(shipped, g.admin, g.dir, g.httpPort, g.httpsPort)
 	if err != nil {
 		return fmt.Errorf("%s: %w", filepath.Join(g.configDir, name), err)
 	}

@@ -278,7 +278,7 @@ func TestCaddyfileExampleIsSwitchedByItsEnvironment(t *testing.T) {
 		err    string
 	}{
 		{"defaults", nil,
-			[]string{`"listen":[":443"]`, `"logs":{"errors":{"writer":{"filename":"legacygate-errors.log","output":"file"},"encoder":{"format":"json"},"level":"ERROR"}}`,
+			[]string{`"listen":[":443"]`, `"logs":{"default":{"exclude":["http.handlers.reverse_proxy"]},"errors":{"writer":{"filename":"legacygate-errors.log","output":"file"},"encoder":{"format":"json"},"level":"ERROR","exclude":["http.handlers.reverse_proxy"]}}`,
 				`"install_trust":false`, `"addresses":["sepm.example.com"]`, `"https_port":443`, `"drop_http_only":true`,
 				`"flush_interval":-1,"handler":"reverse_proxy"`},
 			[]string{`"allow_sha1":true`}, ""},
