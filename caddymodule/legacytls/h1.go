@@ -106,12 +106,12 @@ func (c *h1Client) usable(req *http.Request) bool {
 }
 
 // roundTrip sends req on an idle or new connection and reads the
-// response headers. The returned body puts the connection back when it
+// response headers, calling w's hooks (see onTheWire). The returned body puts the connection back when it
 // reaches EOF and the response allows keep-alive, and closes it otherwise.
 // A request is sent again, once, on a new connection only when the reused
 // one proved unusable before any byte of it reached the socket (see
 // attempt) and its body is in memory; nothing else is retried.
-func (c *h1Client) roundTrip(req *http.Request) (*http.Response, error) {
+func (c *h1Client) roundTrip(req *http.Request, w *wire) (*http.Response, error) {
 	ctx := req.Context()
 	if err := validateRequest(req); err != nil {
 		if req.Body != nil {
@@ -141,14 +141,14 @@ func (c *h1Client) roundTrip(req *http.Request) (*http.Response, error) {
 	replayable := req.Body == nil || req.Body == http.NoBody || body != nil
 	trace := httptrace.ContextClientTrace(ctx)
 	for retried := false; ; retried = true {
-		resp, reason, err := c.attempt(pc, req, trace)
+		resp, reason, err := c.attempt(pc, req, w, trace)
 		if err == nil {
 			return resp, nil
 		}
 		// A connection found closed before the write has not touched the
 		// body, so even a streamed one can go on a new connection; a failed
 		// write may have consumed part of it.
-		if reason == "" || retried || ctx.Err() != nil || (!replayable && reason != retryClosedBeforeWrite) {
+		if reason == "" || retried || w.err() != nil || (!replayable && reason != retryClosedBeforeWrite) {
 			if req.Body != nil {
 				req.Body.Close() // a RoundTripper always closes it
 			}
@@ -167,19 +167,24 @@ func (c *h1Client) roundTrip(req *http.Request) (*http.Response, error) {
 // attempt sends req on pc and reads the response headers. On failure it
 // closes pc and names, as a retry reason, the proof that the manager got
 // nothing: a reused connection found closed before the write, or a write
-// that failed with no byte reaching the socket.
-func (c *h1Client) attempt(pc *h1Conn, req *http.Request, trace *httptrace.ClientTrace) (*http.Response, string, error) {
-	ctx := req.Context()
+// that failed with no byte reaching the socket. trace is the caller's
+// (reverse_proxy relays 1xx answers through it); the wire's own hooks are
+// called directly.
+func (c *h1Client) attempt(pc *h1Conn, req *http.Request, w *wire, trace *httptrace.ClientTrace) (*http.Response, string, error) {
 	if trace != nil && trace.GotConn != nil {
 		trace.GotConn(httptrace.GotConnInfo{Conn: pc.tc, Reused: pc.reused})
 	}
-	if ctx.Err() != nil {
+	err := w.pace()
+	if err == nil {
+		err = w.err()
+	}
+	if err != nil {
 		// The client left, or pacing failed: nothing was sent.
 		pc.close()
 		if req.Body != nil {
 			req.Body.Close()
 		}
-		return nil, "", context.Cause(ctx)
+		return nil, "", err
 	}
 	// Checked after pacing, right before the write: the manager may have
 	// closed the connection while the request waited.
@@ -187,37 +192,44 @@ func (c *h1Client) attempt(pc *h1Conn, req *http.Request, trace *httptrace.Clien
 		pc.close()
 		return nil, retryClosedBeforeWrite, errors.New("legacy_tls: the manager closed the idle connection")
 	}
-	stop := context.AfterFunc(ctx, pc.interrupt)
+	if err := w.attach(pc.interrupt); err != nil {
+		pc.close()
+		if req.Body != nil {
+			req.Body.Close()
+		}
+		return nil, "", err
+	}
 	addGzip := c.gzip && req.Method != http.MethodHead &&
 		req.Header.Get("Accept-Encoding") == "" && req.Header.Get("Range") == ""
 	if addGzip {
 		req.Header["Accept-Encoding"] = []string{"gzip"}
 	}
 	written := pc.cw.written
-	err := req.Write(pc.bw)
+	err = req.Write(pc.bw)
 	if err == nil {
 		err = pc.bw.Flush()
 	}
 	if addGzip {
 		delete(req.Header, "Accept-Encoding")
 	}
+	w.wrote()
 	if trace != nil && trace.WroteRequest != nil {
 		trace.WroteRequest(httptrace.WroteRequestInfo{Err: err})
 	}
 	if err != nil {
-		stop()
+		w.detach()
 		pc.close()
 		reason := ""
 		if pc.reused && pc.cw.written == written && !errors.Is(err, errRequestBody) {
 			reason = retryNothingWritten
 		}
-		return nil, reason, pc.failure(ctx, fmt.Errorf("legacy_tls: writing the request: %w", err))
+		return nil, reason, failure(w, fmt.Errorf("legacy_tls: writing the request: %w", err))
 	}
-	resp, err := c.readResponse(pc, req, trace)
+	resp, err := c.readResponse(pc, req, w, trace)
 	if err != nil {
-		stop()
+		w.detach()
 		pc.close()
-		return nil, "", pc.failure(ctx, err)
+		return nil, "", failure(w, err)
 	}
 	resp.TLS = pc.state
 	keep := !resp.Close && !req.Close
@@ -226,14 +238,14 @@ func (c *h1Client) attempt(pc *h1Conn, req *http.Request, trace *httptrace.Clien
 		resp.Header.Del("Content-Length")
 		resp.ContentLength = -1
 		resp.Uncompressed = true
-		resp.Body = &gzipBody{body: newH1Body(ctx, resp.Body, pc, stop, keep)}
+		resp.Body = &gzipBody{body: newH1Body(resp.Body, pc, w, keep)}
 		return resp, "", nil
 	}
 	if resp.Body == http.NoBody {
-		pc.finish(stop, keep)
+		pc.finish(w, keep)
 		return resp, "", nil
 	}
-	resp.Body = newH1Body(ctx, resp.Body, pc, stop, keep)
+	resp.Body = newH1Body(resp.Body, pc, w, keep)
 	return resp, "", nil
 }
 
@@ -286,7 +298,7 @@ func (c *h1Client) bufferBody(req *http.Request) ([]byte, error) {
 // readResponse reads the response headers within response_header_timeout,
 // skipping informational responses (handed to Got1xxResponse, which
 // reverse_proxy uses to relay 103 Early Hints).
-func (c *h1Client) readResponse(pc *h1Conn, req *http.Request, trace *httptrace.ClientTrace) (*http.Response, error) {
+func (c *h1Client) readResponse(pc *h1Conn, req *http.Request, w *wire, trace *httptrace.ClientTrace) (*http.Response, error) {
 	if c.headerTimeout > 0 {
 		if err := pc.tc.SetReadDeadline(time.Now().Add(c.headerTimeout)); err != nil {
 			return nil, err
@@ -324,7 +336,7 @@ func (c *h1Client) readResponse(pc *h1Conn, req *http.Request, trace *httptrace.
 				resp.Body.Close()
 				return nil, err
 			}
-			if err := req.Context().Err(); err != nil {
+			if err := w.err(); err != nil {
 				// interrupt's deadline may have just been cleared
 				resp.Body.Close()
 				return nil, err
@@ -491,18 +503,18 @@ func (pc *h1Conn) close() { pc.tc.Close() }
 // passed); the connection is then closed, never reused.
 func (pc *h1Conn) interrupt() { pc.tc.NetConn().SetDeadline(time.Unix(1, 0)) }
 
-// failure is err, or why the request's context ended if it did.
-func (pc *h1Conn) failure(ctx context.Context, err error) error {
-	if ctx.Err() != nil {
-		return context.Cause(ctx)
+// failure is err, or why the wire was cut if it was.
+func failure(w *wire, err error) error {
+	if cut := w.err(); cut != nil {
+		return cut
 	}
 	return err
 }
 
 // finish ends a response: the connection goes back to the stack when the
-// response allows it and its context did not interrupt it.
-func (pc *h1Conn) finish(stop func() bool, keep bool) {
-	if stop() && keep {
+// response allows it and the wire did not interrupt it.
+func (pc *h1Conn) finish(w *wire, keep bool) {
+	if w.detach() && keep {
 		pc.c.put(pc)
 		return
 	}
@@ -626,9 +638,8 @@ func (r *limitedReader) Read(p []byte) (int, error) {
 type h1Body struct {
 	body  io.ReadCloser // read only by Read
 	pc    *h1Conn
-	stop  func() bool
+	w     *wire
 	keep  bool
-	ctx   context.Context
 	state atomic.Int32 // bodyOpen, then bodyEOF or bodyClosed
 }
 
@@ -642,8 +653,8 @@ const (
 // "http: read on closed response body").
 var errBodyClosed = errors.New("legacy_tls: read on a closed response body")
 
-func newH1Body(ctx context.Context, body io.ReadCloser, pc *h1Conn, stop func() bool, keep bool) *h1Body {
-	return &h1Body{body: body, pc: pc, stop: stop, keep: keep, ctx: ctx}
+func newH1Body(body io.ReadCloser, pc *h1Conn, w *wire, keep bool) *h1Body {
+	return &h1Body{body: body, pc: pc, w: w, keep: keep}
 }
 
 func (b *h1Body) Read(p []byte) (int, error) {
@@ -661,12 +672,12 @@ func (b *h1Body) Read(p []byte) (int, error) {
 		return n, errBodyClosed // Close ended the body while this Read ran
 	}
 	if err == io.EOF {
-		b.pc.finish(b.stop, b.keep)
+		b.pc.finish(b.w, b.keep)
 		return n, io.EOF
 	}
-	b.stop()
+	b.w.detach()
 	b.pc.close()
-	return n, b.pc.failure(b.ctx, err)
+	return n, failure(b.w, err)
 }
 
 // terminal is the state a Read that returned err leaves the body in.
@@ -679,7 +690,7 @@ func terminal(err error) int32 {
 
 func (b *h1Body) Close() error {
 	if b.state.CompareAndSwap(bodyOpen, bodyClosed) {
-		b.stop()
+		b.w.detach()
 		b.pc.close() // the rest of the body is unread; a Read in progress ends
 	}
 	return nil

@@ -245,8 +245,7 @@ func (l *LegacyTLS) RoundTrip(req *http.Request) (*http.Response, error) {
 		l.logFailure(req, poolExhaustedReason, err)
 		return busyResponse(req, time.Duration(l.MaxConnWait)), nil
 	}
-	out, w := atTheWire(req, l.abandonedLimit)
-	resp, err := l.send(out)
+	resp, w, err := l.send(req)
 	if err != nil {
 		w.done()
 		l.pool.release()
@@ -255,7 +254,7 @@ func (l *LegacyTLS) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		return nil, err
 	}
-	holdUntilBodyDone(resp, w, l.pool)
+	l.holdUntilBodyDone(req, resp, w)
 	return resp, nil
 }
 
@@ -263,16 +262,34 @@ func (l *LegacyTLS) RoundTrip(req *http.Request) (*http.Response, error) {
 var errRequestBody = errors.New("legacy_tls: reading the request body")
 
 // send takes the synchronous HTTP/1.1 path when it can (see h1Client),
-// Go's transport otherwise.
-func (l *LegacyTLS) send(req *http.Request) (*http.Response, error) {
+// Go's transport otherwise, and returns the request's wire (see
+// atTheWire).
+func (l *LegacyTLS) send(req *http.Request) (*http.Response, *wire, error) {
 	l.SetScheme(req)
 	if l.h1.usable(req) {
-		resp, err := l.h1.roundTrip(req)
+		w := onTheWire(req, l.abandonedLimit)
+		req = h1Request(req)
+		resp, err := l.h1.roundTrip(req, w)
 		if !errors.Is(err, errUseTransport) {
-			return resp, err
+			return resp, w, err
 		}
+		w.done() // req's body is whole: Go's transport takes it as it is
 	}
-	return l.roundTrip(req)
+	out, w := atTheWire(req, l.abandonedLimit)
+	resp, err := l.roundTrip(out)
+	return resp, w, err
+}
+
+// h1Request is what the HTTP/1.1 client is given: req itself, or a copy
+// when it has a body, which the client may replace with one it buffered
+// (reverse_proxy's request keeps the body it gave, as with Go's transport,
+// which is given a copy too).
+func h1Request(req *http.Request) *http.Request {
+	if req.Body == nil || req.Body == http.NoBody {
+		return req
+	}
+	out := *req
+	return &out
 }
 
 // Cleanup closes the idle connections of both paths.

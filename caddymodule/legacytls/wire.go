@@ -44,17 +44,33 @@ var errAbandoned = errors.New("legacy_tls: the client left and the manager did n
 // client leaving, and the connection goes back to the pool.
 //
 // The returned wire's done must be called once the response body is
-// closed, or the request failed.
+// closed, or the request failed. The HTTP/1.1 client takes a wire from
+// onTheWire instead, and calls its hooks itself.
 func atTheWire(req *http.Request, limit time.Duration) (*http.Request, *wire) {
-	w := &wire{parent: req.Context(), limit: limit}
+	w := newWire(req, limit)
 	w.ctx, w.cancel = context.WithCancelCause(context.WithoutCancel(w.parent))
-	w.stop = context.AfterFunc(w.parent, w.clientLeft)
 	w.trace.WroteRequest = w.wroteRequest
-	if p, _ := caddyhttp.GetVar(w.parent, pacer.VarKey).(*pacer.Pacer); p != nil {
-		w.pacer = p
+	if w.pacer != nil {
 		w.trace.GotConn = w.gotConn
 	}
+	w.stop = context.AfterFunc(w.parent, w.clientLeft)
 	return req.WithContext(httptrace.WithClientTrace(w.ctx, &w.trace)), w
+}
+
+// onTheWire is atTheWire for the HTTP/1.1 client, which needs neither a
+// context nor a trace: it paces with pace, marks the write with wrote,
+// hands the connection it writes on to attach, and asks err why the wire
+// was cut. Cutting interrupts that connection.
+func onTheWire(req *http.Request, limit time.Duration) *wire {
+	w := newWire(req, limit)
+	w.stop = context.AfterFunc(w.parent, w.clientLeft)
+	return w
+}
+
+func newWire(req *http.Request, limit time.Duration) *wire {
+	w := &wire{parent: req.Context(), limit: limit}
+	w.pacer, _ = caddyhttp.GetVar(w.parent, pacer.VarKey).(*pacer.Pacer)
+	return w
 }
 
 // wire is one request's state between the gateway and the manager, in one
@@ -62,16 +78,20 @@ func atTheWire(req *http.Request, limit time.Duration) (*http.Request, *wire) {
 // clientLeft.
 type wire struct {
 	parent  context.Context // the client's
-	ctx     context.Context // the transport's: the parent's values, its own cancellation
-	cancel  context.CancelCauseFunc
-	stop    func() bool // unregisters clientLeft
+	stop    func() bool     // unregisters clientLeft
 	pacer   *pacer.Pacer
 	limit   time.Duration
-	trace   httptrace.ClientTrace
 	written atomic.Bool
 
-	mu    sync.Mutex
-	timer *time.Timer // set once the client left after the write
+	// Go's transport: its context, cancelled when the wire is cut.
+	ctx    context.Context // the parent's values, its own cancellation
+	cancel context.CancelCauseFunc
+	trace  httptrace.ClientTrace
+
+	mu        sync.Mutex
+	timer     *time.Timer // set once the client left after the write
+	cause     error       // the HTTP/1.1 client: why the wire was cut
+	interrupt func()      // the HTTP/1.1 client: cuts the connection in use
 }
 
 func (w *wire) wroteRequest(httptrace.WroteRequestInfo) { w.written.Store(true) }
@@ -87,7 +107,7 @@ func (w *wire) gotConn(info httptrace.GotConnInfo) {
 
 func (w *wire) clientLeft() {
 	if !w.written.Load() {
-		w.cancel(context.Cause(w.parent))
+		w.cut(context.Cause(w.parent))
 		return
 	}
 	w.mu.Lock()
@@ -95,7 +115,71 @@ func (w *wire) clientLeft() {
 	w.mu.Unlock()
 }
 
-func (w *wire) abandon() { w.cancel(errAbandoned) }
+func (w *wire) abandon() { w.cut(errAbandoned) }
+
+// cut ends the request with err: Go's transport sees its context
+// cancelled, the HTTP/1.1 client its connection interrupted.
+func (w *wire) cut(err error) {
+	if w.cancel != nil {
+		w.cancel(err)
+		return
+	}
+	w.mu.Lock()
+	if w.cause == nil {
+		w.cause = err
+	}
+	interrupt := w.interrupt
+	w.mu.Unlock()
+	if interrupt != nil {
+		interrupt()
+	}
+}
+
+// pace waits for the request's turn at the manager, if heartbeat_limit
+// handed it a pacer.
+func (w *wire) pace() error {
+	if w.pacer == nil {
+		return nil
+	}
+	return w.pacer.Wait(w.parent)
+}
+
+// wrote marks the request written: from now on the client leaving no
+// longer cuts it at once (see clientLeft).
+func (w *wire) wrote() { w.written.Store(true) }
+
+// err is why the wire was cut, nil while it is not. A client that left
+// before the write counts at once, before clientLeft has run.
+func (w *wire) err() error {
+	w.mu.Lock()
+	err := w.cause
+	w.mu.Unlock()
+	if err == nil && !w.written.Load() && w.parent.Err() != nil {
+		err = context.Cause(w.parent)
+	}
+	return err
+}
+
+// attach makes interrupt the way to cut the wire, unless it is cut
+// already: then it returns why.
+func (w *wire) attach(interrupt func()) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.cause != nil {
+		return w.cause
+	}
+	w.interrupt = interrupt
+	return nil
+}
+
+// detach forgets the connection attach was given, and reports whether it
+// is intact: not interrupted, so it may serve another request.
+func (w *wire) detach() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.interrupt = nil
+	return w.cause == nil
+}
 
 func (w *wire) done() {
 	w.stop()
@@ -104,5 +188,7 @@ func (w *wire) done() {
 		w.timer.Stop()
 	}
 	w.mu.Unlock()
-	w.cancel(context.Canceled)
+	if w.cancel != nil {
+		w.cancel(context.Canceled)
+	}
 }

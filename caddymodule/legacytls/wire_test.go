@@ -99,15 +99,20 @@ func TestAbandonedRequestRunsAtMostTheLimit(t *testing.T) {
 	})
 }
 
-// BenchmarkAtTheWire is atTheWire's cost on a request that completes: a
+// BenchmarkAtTheWire is the wire's cost on a request that completes: a
 // parent context shaped like a Caddy request's (a cancellable context under
 // a few values and the request variables), the hooks the transport calls,
-// and done.
+// and done; for Go's transport (atTheWire: a context and a trace) and for
+// the HTTP/1.1 client (onTheWire: direct calls).
 //
 //	go test -run '^$' -bench AtTheWire -benchmem ./caddymodule/legacytls/
 func BenchmarkAtTheWire(b *testing.B) {
-	for _, paced := range []bool{false, true} {
-		b.Run(map[bool]string{false: "unpaced", true: "paced"}[paced], func(b *testing.B) {
+	for _, tc := range []struct {
+		name      string
+		paced, h1 bool
+	}{{"go/unpaced", false, false}, {"go/paced", true, false}, {"h1/unpaced", false, true}, {"h1/paced", true, true}} {
+		paced := tc.paced
+		b.Run(tc.name, func(b *testing.B) {
 			parent, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			type key int
@@ -128,6 +133,21 @@ func BenchmarkAtTheWire(b *testing.B) {
 				b.Fatal(err)
 			}
 			b.ReportAllocs()
+			if tc.h1 {
+				for b.Loop() {
+					w := onTheWire(req, time.Second)
+					if err := w.pace(); err != nil {
+						b.Fatal(err)
+					}
+					if err := w.attach(func() {}); err != nil {
+						b.Fatal(err)
+					}
+					w.wrote()
+					w.detach()
+					w.done()
+				}
+				return
+			}
 			for b.Loop() {
 				out, w := atTheWire(req, time.Second)
 				trace := httptrace.ContextClientTrace(out.Context())
