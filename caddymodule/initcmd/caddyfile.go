@@ -99,7 +99,7 @@ const globals = `
 	auto_https disable_redirects
 	# Never install Caddy's root certificate into this machine's trust store.
 	skip_install_trust
-	# reverse_proxy's own logger is off: it costs about 12% of a
+	# reverse_proxy's own logger is off: it costs about 10% of a
 	# heartbeat's CPU; legacy_tls logs every failure towards the manager
 	# (docs/modules/legacy_tls.md#logging).
 	log default {
