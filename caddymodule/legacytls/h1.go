@@ -179,12 +179,7 @@ func (c *h1Client) attempt(pc *h1Conn, req *http.Request, w *wire, trace *httptr
 		err = w.err()
 	}
 	if err != nil {
-		// The client left, or pacing failed: nothing was sent.
-		pc.close()
-		if req.Body != nil {
-			req.Body.Close()
-		}
-		return nil, "", err
+		return giveUp(pc, req, err) // the client left, or pacing failed
 	}
 	// Checked after pacing, right before the write: the manager may have
 	// closed the connection while the request waited.
@@ -193,11 +188,7 @@ func (c *h1Client) attempt(pc *h1Conn, req *http.Request, w *wire, trace *httptr
 		return nil, retryClosedBeforeWrite, errors.New("legacy_tls: the manager closed the idle connection")
 	}
 	if err := w.attach(pc.interrupt); err != nil {
-		pc.close()
-		if req.Body != nil {
-			req.Body.Close()
-		}
-		return nil, "", err
+		return giveUp(pc, req, err)
 	}
 	addGzip := c.gzip && req.Method != http.MethodHead &&
 		req.Header.Get("Accept-Encoding") == "" && req.Header.Get("Range") == ""
@@ -247,6 +238,16 @@ func (c *h1Client) attempt(pc *h1Conn, req *http.Request, w *wire, trace *httptr
 	}
 	resp.Body = newH1Body(resp.Body, pc, w, keep)
 	return resp, "", nil
+}
+
+// giveUp ends an attempt that sent nothing and is not retried: pc and the
+// request body are closed.
+func giveUp(pc *h1Conn, req *http.Request, err error) (*http.Response, string, error) {
+	pc.close()
+	if req.Body != nil {
+		req.Body.Close()
+	}
+	return nil, "", err
 }
 
 // validateRequest refuses, before any connection is taken, what Go's

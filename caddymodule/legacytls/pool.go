@@ -317,13 +317,7 @@ func failureReason(err error) string {
 
 // logFailure writes the one error line of a failed request to the manager.
 func (l *LegacyTLS) logFailure(req *http.Request, reason string, err error) {
-	fields := []zap.Field{
-		zap.String("reason", reason),
-		zap.String("upstream", req.URL.Host),
-		zap.String("method", req.Method),
-		zap.String("path", req.URL.Path),
-		zap.Error(err),
-	}
+	fields := failureFields(req, reason, err)
 	if mismatch, ok := errors.AsType[*PinMismatchError](err); ok {
 		fields = append(fields,
 			zap.Strings("expected_pins", mismatch.Expected),
@@ -348,12 +342,18 @@ func (l *LegacyTLS) logBrokenBody(req *http.Request, err error) {
 	if reason == "" || errors.Is(err, errBodyClosed) {
 		return
 	}
-	l.logger.Error("the manager's response broke off",
+	l.logger.Error("the manager's response broke off", failureFields(req, reason, err)...)
+}
+
+// failureFields are the fields of every failure line: why, where to, what.
+func failureFields(req *http.Request, reason string, err error) []zap.Field {
+	return []zap.Field{
 		zap.String("reason", reason),
 		zap.String("upstream", req.URL.Host),
 		zap.String("method", req.Method),
 		zap.String("path", req.URL.Path),
-		zap.Error(err))
+		zap.Error(err),
+	}
 }
 
 // upstreamConnections shows the pool; declared once so it carries over

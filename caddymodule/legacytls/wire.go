@@ -94,7 +94,7 @@ type wire struct {
 	interrupt func()      // the HTTP/1.1 client: cuts the connection in use
 }
 
-func (w *wire) wroteRequest(httptrace.WroteRequestInfo) { w.written.Store(true) }
+func (w *wire) wroteRequest(httptrace.WroteRequestInfo) { w.wrote() }
 
 func (w *wire) gotConn(info httptrace.GotConnInfo) {
 	if err := w.pacer.Wait(w.ctx); err != nil {
